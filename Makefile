@@ -1,0 +1,29 @@
+# grpose: `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-all clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## set up .venv with grpose and its dependencies (idempotent)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -c "import grpose, dgl"
+	touch $(STAMP)
+
+test: install  ## run the fast test suite (offline, CPU)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-all: install  ## run every test, the slow end-to-end ones too
+	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+
+clean:  ## remove build outputs (keeps .venv)
+	rm -rf build *.egg-info .pytest_cache

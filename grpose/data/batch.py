@@ -1,0 +1,59 @@
+"""Typed samples and batches, and the collate that pads people."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from grpose.data.skeletons import NUM_JOINTS
+
+
+@dataclass
+class PoseSample:
+    """One dataset item. Images are in [-1, 1]; keypoints are output pixels, `[-1, -1, 0]` = missing."""
+
+    image: torch.Tensor  # (3, H, W)
+    pose_image: torch.Tensor  # (3, H, W) rendered pose condition
+    keypoints: torch.Tensor  # (P, 17, 3) x, y, conf; P may be 0
+    caption: str
+    meta: dict = field(default_factory=dict)  # at least "id", "image_path", "scenario"
+
+
+@dataclass
+class PoseBatch:
+    """A collated batch; people are padded to the batch maximum and flagged in `person_mask`."""
+
+    image: torch.Tensor  # (B, 3, H, W)
+    pose_image: torch.Tensor  # (B, 3, H, W)
+    keypoints: torch.Tensor  # (B, Pmax, 17, 3), padding rows are [-1, -1, 0]
+    person_mask: torch.Tensor  # (B, Pmax) bool
+    captions: list[str]
+    meta: list[dict]
+
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+    def people(self, i: int) -> torch.Tensor:
+        """The real people of item `i`: `(P_i, 17, 3)`."""
+        return self.keypoints[i][self.person_mask[i]]
+
+
+def collate_pose_samples(samples: list[PoseSample]) -> PoseBatch:
+    """Stack samples into a `PoseBatch`, padding a variable number of people."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    pmax = max(s.keypoints.shape[0] for s in samples)
+    keypoints = torch.tensor([-1.0, -1.0, 0.0]).repeat(len(samples), pmax, NUM_JOINTS, 1)
+    person_mask = torch.zeros(len(samples), pmax, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        p = s.keypoints.shape[0]
+        keypoints[i, :p] = s.keypoints
+        person_mask[i, :p] = True
+    return PoseBatch(
+        image=torch.stack([s.image for s in samples]),
+        pose_image=torch.stack([s.pose_image for s in samples]),
+        keypoints=keypoints,
+        person_mask=person_mask,
+        captions=[s.caption for s in samples],
+        meta=[s.meta for s in samples],
+    )

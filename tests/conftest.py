@@ -1,0 +1,78 @@
+"""Shared offline fixtures: small datasets written in the real on-disk formats."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from grpose.data.io import save_pose_npz
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+def person(x0: float, y0: float, scale: float = 20.0) -> np.ndarray:
+    """A simple upright `(17, 3)` person with every joint present, nose near (x0, y0)."""
+    offsets = np.array([
+        [0, 0], [1, -1], [-1, -1], [2, 0], [-2, 0], [2, 2], [-2, 2], [3, 4], [-3, 4],
+        [3, 6], [-3, 6], [1, 6], [-1, 6], [1, 8], [-1, 8], [1, 10], [-1, 10]], np.float32)
+    kp = np.ones((17, 3), np.float32)
+    kp[:, :2] = offsets * scale / 10 + [x0, y0]
+    return kp
+
+
+def write_image(path: str, h: int, w: int, seed: int = 0) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+HUMANART_ITEMS = [  # (scenario, domain, id, height, width, people)
+    ("cartoon", "2D_virtual_human", 303, 80, 120, [person(30, 10), person(80, 20)]),
+    ("dance", "real_human", 7, 100, 60, [person(30, 30)]),
+    ("sculpture", "3D_virtual_human", 12, 64, 64, [person(20, 10, 30)]),
+]
+
+
+@pytest.fixture
+def humanart_coco(tmp_path):
+    """Human-Art root in the official COCO annotation layout (validation split)."""
+    images, annotations = [], []
+    for k, (scen, domain, iid, h, w, people) in enumerate(HUMANART_ITEMS):
+        file_name = f"images/{domain}/{scen}/{iid:012d}.jpg"
+        write_image(str(tmp_path / file_name), h, w, k)
+        images.append({"file_name": file_name, "height": h, "width": w, "id": iid,
+                       "description": f"a {scen} picture", "category": scen})
+        for p in people:
+            kp = p.copy()
+            kp[:, 2] = 2
+            annotations.append({"keypoints": kp.reshape(-1).tolist(), "image_id": iid,
+                                "id": len(annotations) + 1, "category_id": 1, "iscrowd": 0,
+                                "num_keypoints": 17})
+    os.makedirs(tmp_path / "annotations")
+    with open(tmp_path / "annotations" / "validation_humanart.json", "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": []}, f)
+    return tmp_path
+
+
+@pytest.fixture
+def humanart_mapping(tmp_path):
+    """Human-Art root in the HumanSD mapping + npz layout (validation split)."""
+    mapping = {}
+    for k, (scen, domain, iid, h, w, people) in enumerate(HUMANART_ITEMS):
+        img = f"images/{domain}/{scen}/{iid:012d}.jpg"
+        pose = f"pose/{domain}/{scen}/{iid:012d}.npz"
+        write_image(str(tmp_path / img), h, w, k)
+        save_pose_npz(str(tmp_path / pose), np.stack(people))
+        mapping[str(iid)] = {"img_path": img, "prompt": f"{scen}, a {scen} picture",
+                             "pose_path": pose}
+    with open(tmp_path / "mapping_file_validation.json", "w") as f:
+        json.dump(mapping, f)
+    return tmp_path
