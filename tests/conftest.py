@@ -76,3 +76,26 @@ def humanart_mapping(tmp_path):
     with open(tmp_path / "mapping_file_validation.json", "w") as f:
         json.dump(mapping, f)
     return tmp_path
+
+
+# -- tiny latent-diffusion parts (random init, offline) ------------------------------------------
+TINY_RES = 64  # image side; the tiny VAE downsamples by 4 -> 16 x 16 latents
+
+
+@pytest.fixture(scope="session")
+def tiny_parts():
+    """`(unet, vae, text_encoder)`, frozen, tiny, random-init. Session-scoped: do not modify."""
+    from grpose.diffusion.components import OpenCLIPTextEncoder, tiny_unet, tiny_vae
+    parts = (tiny_unet(), tiny_vae(),
+             OpenCLIPTextEncoder(text_cfg=dict(width=32, heads=2, layers=2)))
+    for p in parts:
+        p.requires_grad_(False).eval()
+    return parts
+
+
+@pytest.fixture
+def tiny_batch():
+    """A `PoseBatch` of 3 synthetic items at `TINY_RES` (1-3 people each)."""
+    from grpose.data import SyntheticPoseDataset, collate_pose_samples
+    ds = SyntheticPoseDataset(3, seed=0, split="val", resolution=TINY_RES)
+    return collate_pose_samples([ds[i] for i in range(3)])
