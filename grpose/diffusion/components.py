@@ -15,8 +15,7 @@ from torch import nn
 
 SD15_LATENT_SCALE = 0.18215
 SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                      beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-                      steps_offset=1, prediction_type="epsilon")
+                      beta_schedule="scaled_linear", clip_sample=False, prediction_type="epsilon")
 
 
 def _require_local(path: str, what: str) -> str:
@@ -54,7 +53,9 @@ def noise_scheduler(**overrides) -> DDPMScheduler:
 
 
 def ddim_scheduler(**overrides) -> DDIMScheduler:
-    return DDIMScheduler(**{**SD15_SCHEDULER, **overrides})
+    """SD 1.5's DDIM sampler (same betas; `set_alpha_to_one=False`, `steps_offset=1`)."""
+    return DDIMScheduler(**{**SD15_SCHEDULER, "set_alpha_to_one": False, "steps_offset": 1,
+                            **overrides})
 
 
 def tiny_unet(block_out_channels=(32, 32, 64, 64), cross_attention_dim: int = 32,
