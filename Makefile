@@ -4,8 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+CONFIG ?= configs/tiny/grpose_skeleton.yaml configs/data/synthetic_tiny.yaml
+ARGS ?=
 
-.PHONY: help install test test-all clean
+.PHONY: help install test test-all train bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -24,6 +26,12 @@ test: install  ## run the fast test suite (offline, CPU)
 
 test-all: install  ## run every test, the slow end-to-end ones too
 	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+
+train: install  ## fit a model: make train CONFIG="configs/sd15/grpose_skeleton.yaml configs/data/humanart.yaml" ARGS=...
+	$(PY) -m grpose fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
+
+bench: install  ## training-step time of each adapter vs ControlNet (tiny shapes; ARGS="--shape sd15 ...")
+	$(PY) tools/bench_step.py $(ARGS)
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build *.egg-info .pytest_cache

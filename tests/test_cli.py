@@ -3,6 +3,7 @@ import copy
 import os
 
 import lightning as L
+import pytest
 import torch
 
 from grpose.adapters import ControlNetAdapter
@@ -56,3 +57,28 @@ def test_ddp_spawn_two_cpu_processes(tmp_path, tiny_parts):
     trainer.fit(model, data)
     after = model.adapter.state_dict()  # weights come back from the spawned processes
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_every_config_parses(capsys):
+    """Each shipped config parses against the code (SD-1.5 ones without loading weights)."""
+    import glob
+
+    import pytest
+    data = {"sd15": "configs/data/humanart.yaml", "tiny": "configs/data/synthetic_tiny.yaml"}
+    for path in sorted(glob.glob("configs/sd15/*.yaml") + glob.glob("configs/tiny/*.yaml")):
+        group = path.split("/")[1]
+        for data_cfg in ([data[group], "configs/data/laion_human.yaml"] if group == "sd15"
+                         else [data[group]]):
+            with pytest.raises(SystemExit) as e:
+                main(["fit", "--config", path, "--config", data_cfg, "--print_config"])
+            assert e.value.code in (0, None), path
+            assert "class_path: grpose" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("graph", ["skeleton", "feature"])
+def test_tiny_grpose_configs_fit_one_step(tmp_path, graph):
+    cli = main(["fit", "--config", f"configs/tiny/grpose_{graph}.yaml",
+                "--config", "configs/data/synthetic_tiny.yaml", "--trainer.fast_dev_run=1",
+                f"--trainer.default_root_dir={tmp_path}", "--data.init_args.batch_size=2",
+                "--model.init_args.num_inference_steps=2"])
+    assert cli.trainer.global_step == 1

@@ -1,0 +1,230 @@
+"""The skeleton graph of the GRPose PGI: joints -> five parts -> one body node per person.
+
+Each person with at least two present joints (confidence above `CONF_THRESHOLD`) gives one joint
+graph (its present joints; bones of `HUMANSD_LIMBS` plus shoulder-shoulder and hip-hip, both
+directions, plus self loops) and one part graph (the parts holding a present joint; parts are
+linked where a bone joins them, plus self loops). All people of a batch go into one batched DGL
+graph per level, so message passing is one call however many people there are.
+
+Device rule: the DGL graphs are always built and kept on the CPU (the installed DGL is a CPU-only
+build) while the index tensors go to the feature device, and message passing runs DGL's
+`update_all` on CPU features and the same mean over an edge list in plain torch elsewhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from grpose.data.skeletons import CONF_THRESHOLD, COCO17_PARTS, HUMANSD_LIMBS, NUM_JOINTS
+from grpose.graph.backend import dgl
+
+fn = dgl.function
+
+BONES: tuple[tuple[int, int], ...] = HUMANSD_LIMBS + ((5, 6), (11, 12))
+"""Undirected joint edges: the 16 HumanSD limbs, shoulder-shoulder and hip-hip."""
+
+NUM_PARTS = len(COCO17_PARTS)
+PART_OF_JOINT: tuple[int, ...] = tuple(
+    next(k for k, joints in enumerate(COCO17_PARTS.values()) if j in joints)
+    for j in range(NUM_JOINTS))
+PART_BONES: tuple[tuple[int, int], ...] = tuple(sorted(
+    {(PART_OF_JOINT[a], PART_OF_JOINT[b]) for a, b in BONES
+     if PART_OF_JOINT[a] != PART_OF_JOINT[b]}))
+"""Undirected part edges: two parts are linked where a bone joins them."""
+
+
+def _directed_edges(bones: tuple[tuple[int, int], ...], num_nodes: int) -> torch.Tensor:
+    # (2, E) src / dst: every bone in both directions, then one self loop per node
+    pairs = list(bones) + [(b, a) for a, b in bones] + [(i, i) for i in range(num_nodes)]
+    return torch.tensor(pairs, dtype=torch.long).T
+
+
+JOINT_EDGES = _directed_edges(BONES, NUM_JOINTS)  # (2, 2 * 18 + 17)
+PART_EDGES = _directed_edges(PART_BONES, NUM_PARTS)  # (2, 2 * 6 + 5)
+
+
+@dataclass
+class SkeletonGraph:
+    """The batched skeleton graphs of a batch of images (all indices are node indices).
+
+    Joint, part and body nodes are ordered by (image, person, joint / part), so the nodes of
+    one person are contiguous and `joints` / `parts` are DGL batches of one graph per person.
+    The DGL graphs are on the CPU, the tensors on the feature device.
+    """
+
+    joints: dgl.DGLGraph  # Nj nodes, CPU
+    parts: dgl.DGLGraph  # Np nodes, CPU
+    joint_xy: torch.Tensor  # (Nj, 2) pose-image pixel coordinates
+    joint_id: torch.Tensor  # (Nj,) COCO-17 index
+    joint_part: torch.Tensor  # (Nj,) part node of each joint
+    joint_image: torch.Tensor  # (Nj,) batch index
+    part_id: torch.Tensor  # (Np,) index into COCO17_PARTS
+    part_body: torch.Tensor  # (Np,) body node of each part
+    body_image: torch.Tensor  # (Nb,) batch index of each person with a graph
+    bones: torch.Tensor  # (Nbones, 2) joint nodes of each present bone, once
+    num_images: int
+
+    @property
+    def num_joints(self) -> int:
+        return self.joints.num_nodes()
+
+    @property
+    def num_parts(self) -> int:
+        return self.parts.num_nodes()
+
+    @property
+    def num_bodies(self) -> int:
+        return self.body_image.shape[0]
+
+
+def _node_index(present: torch.Tensor) -> torch.Tensor:
+    # running node index of every True entry (row-major order), -1 elsewhere
+    index = present.flatten().cumsum(0).view_as(present) - 1
+    return torch.where(present, index, torch.full_like(index, -1))
+
+
+def _batched_graph(node: torch.Tensor, edges: torch.Tensor, person_ok: torch.Tensor
+                   ) -> dgl.DGLGraph:
+    # one graph per valid person from node indices (B, P, K) and template edges (2, E)
+    src, dst = node[..., edges[0]], node[..., edges[1]]  # (B, P, E)
+    keep = (src >= 0) & (dst >= 0)
+    nodes_per_person = (node >= 0).sum(-1)[person_ok]  # (Nb,)
+    graph = dgl.graph((src[keep], dst[keep]), num_nodes=int(nodes_per_person.sum()))
+    graph.set_batch_num_nodes(nodes_per_person)
+    graph.set_batch_num_edges(keep.sum(-1)[person_ok])
+    return graph
+
+
+def build_skeleton_graph(keypoints: torch.Tensor, person_mask: torch.Tensor,
+                         device: torch.device | str | None = None) -> SkeletonGraph:
+    """Joint and part graphs of `keypoints (B, P, 17, 3)` (x, y, conf) and `person_mask (B, P)`.
+
+    A joint is present when its confidence is above `CONF_THRESHOLD`; a person with fewer than
+    two present joints gets no nodes, nor does an image without people. The graphs are built on
+    the CPU; the index and coordinate tensors go to `device` (default: that of `keypoints`).
+    """
+    device = keypoints.device if device is None else torch.device(device)
+    keypoints, person_mask = keypoints.cpu(), person_mask.cpu()
+    present = (keypoints[..., 2] > CONF_THRESHOLD) & person_mask[..., None]  # (B, P, 17)
+    person_ok = present.sum(-1) >= 2  # (B, P)
+    present = present & person_ok[..., None]
+    part_of_joint = torch.tensor(PART_OF_JOINT)
+    membership = nn.functional.one_hot(part_of_joint, NUM_PARTS).float()  # (17, 5)
+    part_present = (present.float() @ membership) > 0  # (B, P, 5)
+
+    joint_node, part_node = _node_index(present), _node_index(part_present)
+    body_node = _node_index(person_ok)  # (B, P)
+    b, p, j = present.nonzero(as_tuple=True)
+    pb, pp, pk = part_present.nonzero(as_tuple=True)
+    bones = torch.tensor(BONES).T  # (2, 18)
+    bone_nodes = torch.stack([joint_node[..., bones[0]], joint_node[..., bones[1]]], -1)
+    bone_nodes = bone_nodes[(bone_nodes >= 0).all(-1)]  # (Nbones, 2)
+    return SkeletonGraph(
+        joints=_batched_graph(joint_node, JOINT_EDGES, person_ok),
+        parts=_batched_graph(part_node, PART_EDGES, person_ok),
+        joint_xy=keypoints[b, p, j, :2].to(device),
+        joint_id=j.to(device),
+        joint_part=part_node[b, p, part_of_joint[j]].to(device),
+        joint_image=b.to(device),
+        part_id=pk.to(device),
+        part_body=body_node[pb, pp].to(device),
+        body_image=person_ok.nonzero(as_tuple=True)[0].to(device),
+        bones=bone_nodes.to(device),
+        num_images=keypoints.shape[0],
+    )
+
+
+def segment_mean(x: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean of the rows of `x (N, C)` per `index (N,)` value: `(size, C)`, zero where empty."""
+    total = x.new_zeros(size, x.shape[-1]).index_add_(0, index, x)
+    ones = x.new_ones(index.shape[0], dtype=torch.float32)
+    count = ones.new_zeros(size).index_add_(0, index, ones)  # (size,), no host sync
+    return total / count.clamp(min=1)[:, None].to(x.dtype)
+
+
+def _in_neighbour_mean(graph: dgl.DGLGraph, messages: torch.Tensor) -> torch.Tensor:
+    # mean of `messages (N, D)` over the in-neighbours of each node, from the edge list of
+    # `graph` moved to the messages' device: (N, D), zero where a node has no in-edge
+    src, dst = (nodes.to(messages.device) for nodes in graph.edges())  # (E,) each
+    return segment_mean(messages[src], dst, messages.shape[0])
+
+
+class SkeletonMessagePassing(nn.Module):
+    """One residual message-passing layer: `x + MLP([h, mean_{j -> i} W h_j])` with `h = LN(x)`,
+    the mean over the in-neighbours of each node (its self loop included). The mean is DGL's
+    `update_all` for CPU features and an edge-list mean in torch on other devices.
+
+    Args:
+        dim: node feature width.
+        hidden: width of the update MLP (default 2 * dim).
+    """
+
+    def __init__(self, dim: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or 2 * dim
+        self.norm = nn.LayerNorm(dim)
+        self.message = nn.Linear(dim, dim)
+        self.update = nn.Sequential(nn.Linear(2 * dim, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+
+    def combine(self, x: torch.Tensor, h: torch.Tensor, aggregated: torch.Tensor) -> torch.Tensor:
+        """The residual update from the normed nodes `h` and their aggregated messages."""
+        return x + self.update(torch.cat([h, aggregated], -1))
+
+    def forward(self, graph: dgl.DGLGraph, x: torch.Tensor, use_dgl: bool | None = None
+                ) -> torch.Tensor:
+        """`x (N, D)` -> `(N, D)`; `use_dgl` picks the aggregation (default: DGL on CPU only)."""
+        h = self.norm(x)  # (N, D)
+        messages = self.message(h)  # (N, D)
+        use_dgl = x.device.type == "cpu" if use_dgl is None else use_dgl
+        if use_dgl:
+            with graph.local_scope():
+                graph.ndata["m"] = messages
+                graph.update_all(fn.copy_u("m", "msg"), fn.mean("msg", "agg"))
+                aggregated = graph.ndata["agg"]  # (N, D)
+        else:
+            aggregated = _in_neighbour_mean(graph, messages)
+        return self.combine(x, h, aggregated)
+
+
+def dense_message_passing(layer: SkeletonMessagePassing, x: torch.Tensor,
+                          adjacency: torch.Tensor) -> torch.Tensor:
+    """`layer`'s computation from a dense `adjacency (N, N)`, `adjacency[i, j] = 1` for an edge
+    j -> i (a reference for tests)."""
+    h = layer.norm(x)
+    degree = adjacency.sum(1, keepdim=True).clamp(min=1)  # (N, 1)
+    return layer.combine(x, h, adjacency @ layer.message(h) / degree)
+
+
+class SkeletonHierarchy(nn.Module):
+    """Progressive message passing: joints -> parts -> body, then back down body -> parts ->
+    joints. Parts are the mean of their joints plus a part embedding, the body the mean of its
+    parts; each level passes messages over its own graph.
+
+    Args:
+        dim: node feature width.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.joint_up = SkeletonMessagePassing(dim)
+        self.part_embed = nn.Embedding(NUM_PARTS, dim)
+        self.part_up = SkeletonMessagePassing(dim)
+        self.body = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.SiLU(),
+                                  nn.Linear(dim, dim))
+        self.body_to_part = nn.Linear(dim, dim)
+        self.part_down = SkeletonMessagePassing(dim)
+        self.part_to_joint = nn.Linear(dim, dim)
+        self.joint_down = SkeletonMessagePassing(dim)
+
+    def forward(self, graph: SkeletonGraph, joints: torch.Tensor) -> torch.Tensor:
+        """`joints (Nj, D)` -> `(Nj, D)`."""
+        joints = self.joint_up(graph.joints, joints)
+        parts = segment_mean(joints, graph.joint_part, graph.num_parts)  # (Np, D)
+        parts = self.part_up(graph.parts, parts + self.part_embed(graph.part_id))
+        body = segment_mean(parts, graph.part_body, graph.num_bodies)  # (Nb, D)
+        body = body + self.body(body)
+        parts = self.part_down(graph.parts, parts + self.body_to_part(body)[graph.part_body])
+        joints = joints + self.part_to_joint(parts)[graph.joint_part]  # (Nj, D)
+        return self.joint_down(graph.joints, joints)
