@@ -1,0 +1,187 @@
+"""FID / FID-64 / KID against their closed forms, and CLIP score against a direct computation,
+all with tiny random networks (nothing downloaded)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from scipy import linalg
+from torch import nn
+
+from grpose.metrics import ClipScore, ImageQuality, InceptionV3Features, load_open_clip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: threads only add overhead (a lot of it on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class TinyExtractor(nn.Module):
+    """A small conv net: images -> (N, 6) features, plus (N, 4) as the "64-d" head if `pair`."""
+
+    def __init__(self, pair: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head, self.head64 = nn.Linear(8, 6), nn.Linear(8, 4)
+        self.pair = pair
+
+    def forward(self, images):
+        h = 50 * self.body(images)  # distances of order 1-100
+        return (self.head(h), self.head64(h)) if self.pair else self.head(h)
+
+
+def fid_closed_form(a: np.ndarray, b: np.ndarray) -> float:
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
+def kid_closed_form(a: np.ndarray, b: np.ndarray) -> float:
+    """Unbiased polynomial-kernel MMD^2 (degree 3, gamma 1/d, coef 1) of equal-size sets."""
+    m, d = a.shape
+    kernel = lambda x, y: (x @ y.T / d + 1) ** 3  # noqa: E731
+    within = lambda k: (k.sum() - np.trace(k)) / (m * (m - 1))  # noqa: E731
+    return float(within(kernel(a, a)) + within(kernel(b, b)) - 2 * kernel(a, b).mean())
+
+
+def images(n: int, shift: float = 0.0, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, 16, 16, generator=g) * 0.8 + shift).clamp(0, 1)
+
+
+def feed(metric: ImageQuality, real: torch.Tensor, fake: torch.Tensor) -> None:
+    for chunk in real.split(7):
+        metric.update(chunk, real=True)
+    for chunk in fake.split(7):
+        metric.update(chunk, real=False)
+
+
+def test_fid_fid64_kid_match_closed_forms():
+    extractor = TinyExtractor(pair=True)
+    real, fake = images(30, 0.0, 1), images(30, 0.2, 2)
+    metric = ImageQuality(extractor, kid_subsets=5, input_size=(3, 16, 16))  # subset 200 > 30
+    feed(metric, real, fake)
+    got = metric.compute()
+    with torch.no_grad():
+        (fr, fr64), (ff, ff64) = ([f.double().numpy() for f in extractor(x)] for x in (real, fake))
+    assert got["fid"].item() == pytest.approx(fid_closed_form(fr, ff), rel=1e-4)
+    assert got["fid64"].item() == pytest.approx(fid_closed_form(fr64, ff64), rel=1e-4)
+    assert got["kid_mean"].item() == pytest.approx(kid_closed_form(fr, ff), rel=1e-4)
+    assert got["kid_std"].item() < 1e-4 * got["kid_mean"].item()  # each subset: the whole set
+
+
+def test_kid_subsets_average_to_the_full_estimate():
+    extractor = TinyExtractor()
+    real, fake = images(40, 0.0, 3), images(40, 0.2, 4)
+    metric = ImageQuality(extractor, kid_subset_size=10, kid_subsets=100, input_size=(3, 16, 16))
+    feed(metric, real, fake)
+    got = metric.compute()
+    assert set(got) == {"fid", "kid_mean", "kid_std"}  # no 64-d head, no FID-64
+    with torch.no_grad():
+        full = kid_closed_form(extractor(real).double().numpy(), extractor(fake).double().numpy())
+    assert got["kid_std"] > 0
+    assert abs(got["kid_mean"].item() - full) < 4 * got["kid_std"].item() / np.sqrt(100)
+
+
+def test_real_statistics_survive_reset_when_asked():
+    extractor = TinyExtractor(pair=True)
+    real, fake = images(20, 0.0, 5), images(20, 0.3, 6)
+    metric = ImageQuality(extractor, kid_subsets=5, reset_real_features=False,
+                          input_size=(3, 16, 16))
+    feed(metric, real, fake)
+    first = metric.compute()
+    metric.reset()
+    for chunk in fake.split(7):
+        metric(chunk, real=False)  # forward = update: accumulates
+    again = metric.compute()
+    for name in ("fid", "fid64", "kid_mean"):  # kid_std: float32 noise of the subset order
+        assert again[name].item() == pytest.approx(first[name].item(), rel=1e-5)
+
+
+def test_inception_features_load_a_local_file(tmp_path, monkeypatch):
+    from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
+    with monkeypatch.context() as m:  # a random network to save: skip the (download) loading
+        m.setattr(torch, "load", lambda *args, **kwargs: None)
+        m.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None)
+        random_net = tf_inception.FeatureExtractorInceptionV3("x", ["2048"], "unused")
+    torch.save(random_net.state_dict(), tmp_path / "inception.pth")
+    with pytest.raises(FileNotFoundError):
+        InceptionV3Features(str(tmp_path / "missing.pth"))
+    extractor = InceptionV3Features(str(tmp_path / "inception.pth")).train()
+    assert not extractor.training
+    batch = torch.randint(0, 256, (1, 3, 40, 48), dtype=torch.uint8)
+    f2048, f64 = extractor(batch)
+    assert f2048.shape == (1, 2048) and f64.shape == (1, 64)
+    torch.testing.assert_close(extractor(batch.float() / 255)[1], f64)
+
+
+# -- CLIP score -----------------------------------------------------------------------------------
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
+                            "patch_size": 8},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
+                          "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """(model, tokenizer) through `load_open_clip`, from a tiny config and a random local file."""
+    root = tmp_path_factory.mktemp("clip")
+    (root / "grpose-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(root / "grpose-tiny-clip.json")
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("grpose-tiny-clip").state_dict(), root / "weights.pt")
+    with pytest.raises(FileNotFoundError):
+        load_open_clip(str(root / "missing.pt"), arch="grpose-tiny-clip")
+    return load_open_clip(str(root / "weights.pt"), arch="grpose-tiny-clip")
+
+
+def direct_clip_scores(model, tokenizer, pixels: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN)[:, None, None]
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD)[:, None, None]
+    with torch.no_grad():
+        img = model.encode_image((pixels - mean) / std)
+        txt = model.encode_text(tokenizer(texts))
+    cos = (img / img.norm(dim=-1, keepdim=True) * (txt / txt.norm(dim=-1, keepdim=True))).sum(-1)
+    return 100 * cos.clamp(min=0)
+
+
+def test_clip_score_matches_direct_computation(tiny_clip):
+    model, tokenizer = tiny_clip
+    pixels = torch.rand(8, 3, 32, 32)
+    texts = [f"a photo of {w}" for w in "a dog, two cats, a dancer, a statue, a cartoon, "
+             "an oil painting, a kid, a sketch".split(", ")]
+    metric = ClipScore(model, tokenizer)
+    metric.update(pixels[:5], texts[:5])
+    metric.update(pixels[5:], texts[5:])
+    want = direct_clip_scores(model, tokenizer, pixels, texts)
+    assert (want == 0).any() and (want > 0).any()  # the clamp at 0 is exercised
+    assert metric.compute().item() == pytest.approx(want.mean().item(), rel=1e-5)
+
+    as_bytes = ClipScore(model, tokenizer)
+    as_bytes.update((pixels * 255).round().to(torch.uint8), texts)
+    assert as_bytes.compute().item() == pytest.approx(metric.compute().item(), abs=0.5)
+
+
+def test_clip_score_truncates_prompts_to_77_tokens(tiny_clip):
+    model, tokenizer = tiny_clip
+    pixels = torch.rand(1, 3, 48, 40)  # resized and centre-cropped to 32 x 32
+
+    def score(text):
+        metric = ClipScore(model, tokenizer)
+        metric.update(pixels, [text])
+        return metric.compute().item()
+
+    long = "oil painting, " + "an oil painting " * 40
+    assert score(long + "of a dog") == score(long + "of a cat") > 0  # beyond 77 tokens: cut
+    assert score("an oil painting of a dog") != score("an oil painting of a cat")
