@@ -7,7 +7,10 @@ PYTEST_ARGS ?=
 CONFIG ?= configs/tiny/grpose_skeleton.yaml configs/data/synthetic_tiny.yaml
 ARGS ?=
 
-.PHONY: help install test test-all train bench clean
+EVAL_CONFIG ?= configs/eval/humanart.yaml
+IMAGES ?= runs/predict
+
+.PHONY: help install test test-all train eval bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,6 +32,9 @@ test-all: install  ## run every test, the slow end-to-end ones too
 
 train: install  ## fit a model: make train CONFIG="configs/sd15/grpose_skeleton.yaml configs/data/humanart.yaml" ARGS=...
 	$(PY) -m grpose fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
+
+eval: install  ## score generated images: make eval IMAGES=dir EVAL_CONFIG=configs/eval/humanart.yaml ARGS=...
+	$(PY) tools/evaluate.py --config $(EVAL_CONFIG) --images $(IMAGES) $(ARGS)
 
 bench: install  ## training-step time of each adapter vs ControlNet (tiny shapes; ARGS="--shape sd15 ...")
 	$(PY) tools/bench_step.py $(ARGS)

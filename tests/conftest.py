@@ -42,6 +42,16 @@ HUMANART_ITEMS = [  # (scenario, domain, id, height, width, people)
 
 
 @pytest.fixture
+def humanart_items():
+    return HUMANART_ITEMS
+
+
+@pytest.fixture
+def make_person():
+    return person
+
+
+@pytest.fixture
 def humanart_coco(tmp_path):
     """Human-Art root in the official COCO annotation layout (validation split)."""
     images, annotations = [], []

@@ -7,14 +7,13 @@ import pytest
 
 from grpose.data import DataError, HumanArtDataset, LaionHumanDataset
 from grpose.data.io import save_pose_npz
-from tests.conftest import person
 
 
 def _mapping(root):
     return json.loads((root / "mapping_file_validation.json").read_text())
 
 
-def _break_first(root, how):
+def _break_first(root, how, person):
     """Break the first mapping item in one way; return (the file that must be named, kind)."""
     entry = _mapping(root)["303"]
     img, pose = root / entry["img_path"], root / entry["pose_path"]
@@ -56,8 +55,8 @@ def _index_of_303(ds):
 
 
 @pytest.mark.parametrize("how", CASES)
-def test_bad_item_raises_naming_file(humanart_mapping, how):
-    path, kind = _break_first(humanart_mapping, how)
+def test_bad_item_raises_naming_file(humanart_mapping, how, make_person):
+    path, kind = _break_first(humanart_mapping, how, make_person)
     ds = HumanArtDataset(str(humanart_mapping), "val", layout="mapping", resolution=16)
     with pytest.raises(DataError) as e:
         ds[_index_of_303(ds)]
@@ -65,8 +64,8 @@ def test_bad_item_raises_naming_file(humanart_mapping, how):
 
 
 @pytest.mark.parametrize("how", CASES)
-def test_bad_item_skipped_counted_logged(humanart_mapping, how, caplog):
-    path, kind = _break_first(humanart_mapping, how)
+def test_bad_item_skipped_counted_logged(humanart_mapping, how, caplog, make_person):
+    path, kind = _break_first(humanart_mapping, how, make_person)
     ds = HumanArtDataset(str(humanart_mapping), "val", layout="mapping", resolution=16,
                          on_error="skip")
     i = _index_of_303(ds)

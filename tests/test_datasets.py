@@ -8,18 +8,17 @@ from grpose.data import (HumanArtDataset, LaionHumanDataset, PoseDataModule,
                          SyntheticPoseDataset, collate_pose_samples)
 from grpose.data.humanart import protocol_subset
 from grpose.data.render import render_pose, to_model_range
-from tests.conftest import HUMANART_ITEMS
 
 
 def check_sample(s, res):
     assert s.image.shape == (3, res, res) and s.pose_image.shape == (3, res, res)
     assert s.image.min() >= -1 and s.image.max() <= 1
     assert s.keypoints.ndim == 3 and s.keypoints.shape[1:] == (17, 3)
-    assert isinstance(s.caption, str) and {"id", "image_path", "scenario"} <= set(s.meta)
+    assert isinstance(s.caption, str) and {"id", "index", "image_path", "scenario"} <= set(s.meta)
 
 
 @pytest.mark.parametrize("layout", ["coco", "mapping"])
-def test_humanart_both_layouts_agree(layout, humanart_coco, humanart_mapping):
+def test_humanart_both_layouts_agree(layout, humanart_coco, humanart_mapping, humanart_items):
     root = humanart_coco if layout == "coco" else humanart_mapping
     ds = HumanArtDataset(str(root), "val", layout=layout, resolution=32)
     assert len(ds) == 3
@@ -28,7 +27,7 @@ def test_humanart_both_layouts_agree(layout, humanart_coco, humanart_mapping):
     check_sample(s, 32)
     assert s.caption == "cartoon, a cartoon picture"
     # 80x120 -> shortest side 32 (scale 0.4) -> centre crop of width 48 at left 8
-    expected = (HUMANART_ITEMS[0][5][0][0, :2] + 0.5) * 0.4 - 0.5 - [8, 0]
+    expected = (humanart_items[0][5][0][0, :2] + 0.5) * 0.4 - 0.5 - [8, 0]
     assert torch.allclose(s.keypoints[0, 0, :2], torch.tensor(expected, dtype=torch.float32),
                           atol=1e-4)
     assert torch.equal(s.pose_image, to_model_range(render_pose(s.keypoints.numpy(), 32, 32)))

@@ -128,5 +128,5 @@ class PoseDataset(Dataset):
                 self.handle_error(e)
                 self._bad.add(i)
                 continue
-            return self.make_sample(image, people, rec.caption, rec.meta, rng)
+            return self.make_sample(image, people, rec.caption, {**rec.meta, "index": i}, rng)
         raise DataError(type(self).__name__, f"every one of its {n} items is bad", "all bad")

@@ -16,7 +16,7 @@ class PoseSample:
     pose_image: torch.Tensor  # (3, H, W) rendered pose condition
     keypoints: torch.Tensor  # (P, 17, 3) x, y, conf; P may be 0
     caption: str
-    meta: dict = field(default_factory=dict)  # at least "id", "image_path", "scenario"
+    meta: dict = field(default_factory=dict)  # "id", "index", "image_path", "scenario"
 
 
 @dataclass

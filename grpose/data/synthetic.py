@@ -196,4 +196,4 @@ class SyntheticPoseDataset(PoseDataset):
         image, people, caption, meta = generate_synthetic(self.seed, index, self.resolution,
                                                           self.split)
         rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 1])
-        return self.make_sample(image, people, caption, meta, rng)
+        return self.make_sample(image, people, caption, {**meta, "index": index}, rng)

@@ -15,8 +15,10 @@ from grpose.data.batch import PoseBatch
 from grpose.diffusion.components import SD15_LATENT_SCALE, ddim_scheduler
 from grpose.diffusion.losses import DiffusionStep, LossTerm, pose_weighted_mse
 from grpose.diffusion.sampling import NEGATIVE_PROMPT, initial_latents, sample_latents
+from grpose.metrics.suite import GenerationMetrics
 
 FROZEN = ("unet", "vae", "text_encoder")
+NOT_CHECKPOINTED = ("losses.", "val_metrics.")  # frozen networks that come from the config
 
 
 class PoseDiffusionModule(L.LightningModule):
@@ -32,7 +34,9 @@ class PoseDiffusionModule(L.LightningModule):
         trainable: parts that learn; ["adapter"] for pose methods, ["unet"] to train a base model.
         latent_scale: VAE latent scale (SD: 0.18215).
         num_inference_steps, guidance_scale, negative_prompt, eta, seed: sampling settings.
-        val_num_images: validation items drawn in the TensorBoard grid (image | pose | sample).
+        val_metrics: metrics of generated validation images (`GenerationMetrics`: AP, CAP, PCE,
+            FID, KID, CLIP), logged as `val/<name>`; computed on the first `val_metric_batches`
+            validation batches of each validation run.
         checkpoint_frozen: also store the frozen parts in checkpoints (off: they come from config).
         gradient_checkpointing: recompute the UNet's activations in the backward pass.
     """
@@ -44,7 +48,8 @@ class PoseDiffusionModule(L.LightningModule):
                  trainable: list[str] | None = None, latent_scale: float = SD15_LATENT_SCALE,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5,
                  negative_prompt: str = NEGATIVE_PROMPT, eta: float = 0.0, seed: int = 42,
-                 val_num_images: int = 4, checkpoint_frozen: bool = False,
+                 val_metrics: GenerationMetrics | None = None, val_metric_batches: int = 1,
+                 checkpoint_frozen: bool = False,
                  gradient_checkpointing: bool = False):
         super().__init__()
         self._save_hparams()
@@ -54,6 +59,7 @@ class PoseDiffusionModule(L.LightningModule):
         self.noise_scheduler = noise_scheduler
         self.sampler = sampler or ddim_scheduler()
         self.losses = nn.ModuleList(losses or [])
+        self.val_metrics = val_metrics
         self.trainable = list(trainable or ["adapter"])
         unknown = set(self.trainable) - {"adapter", *FROZEN}
         if unknown:
@@ -94,13 +100,13 @@ class PoseDiffusionModule(L.LightningModule):
         if not self.hparams.checkpoint_frozen:
             prefixes = tuple(f"{n}." for n in self.frozen)
             state = checkpoint["state_dict"]
-            for key in [k for k in state if k.startswith(prefixes) or k.startswith("losses.")]:
+            for key in [k for k in state if k.startswith(prefixes + NOT_CHECKPOINTED)]:
                 del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Frozen parts left out of the checkpoint come from the config that built this module.
         state = checkpoint["state_dict"]
-        prefixes = tuple(f"{n}." for n in self.frozen) + ("losses.",)
+        prefixes = tuple(f"{n}." for n in self.frozen) + NOT_CHECKPOINTED
         for key, value in self.state_dict().items():
             if key.startswith(prefixes):
                 state.setdefault(key, value)
@@ -152,6 +158,16 @@ class PoseDiffusionModule(L.LightningModule):
     def validation_step(self, batch: PoseBatch, batch_idx: int) -> None:
         loss, _ = self.diffusion_step(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
+        if (self.val_metrics is not None and batch_idx < self.hparams.val_metric_batches
+                and not self.trainer.sanity_checking):
+            self.val_metrics.update(self.generate(batch), batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_metrics is None or self.trainer.sanity_checking:
+            return
+        results = self.val_metrics.compute()  # synced across processes by torchmetrics
+        self.log_dict({f"val/{k}": v for k, v in results.items()}, rank_zero_only=True)
+        self.val_metrics.reset()
 
     # -- sampling -----------------------------------------------------------------------------
     def seeds_for(self, batch: PoseBatch) -> list[int]:

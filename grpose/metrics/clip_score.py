@@ -27,6 +27,11 @@ def load_open_clip(weights_path: str, arch: str = "ViT-B-16") -> tuple[nn.Module
     return model.eval(), open_clip.get_tokenizer(arch)
 
 
+def clip_score_from_file(weights_path: str, arch: str = "ViT-B-16") -> "ClipScore":
+    """A `ClipScore` with an open_clip model read from a local weights file (for YAML configs)."""
+    return ClipScore(*load_open_clip(weights_path, arch))
+
+
 class ClipScore(Metric):
     """CLIP score: `100 * max(cos(image, text), 0)` averaged over images.
 
