@@ -1,0 +1,49 @@
+"""Training a small KL autoencoder: the demo's stand-in for SD's VAE."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+from grpose.data.batch import PoseBatch
+
+
+class AutoencoderModule(L.LightningModule):
+    """Fits `vae` (diffusers `AutoencoderKL`) to the batches' images: L1 + MSE reconstruction
+    plus `kl_weight` * KL to the unit Gaussian. Logs `train/loss`, `val/rec`.
+
+    Args:
+        vae: the autoencoder to train (e.g. `grpose.diffusion.components.tiny_vae()`).
+        lr: AdamW learning rate.
+        kl_weight: weight of the KL term (small: the latents only need to be roughly Gaussian).
+    """
+
+    def __init__(self, vae: AutoencoderKL, lr: float = 1e-3, kl_weight: float = 1e-6):
+        super().__init__()
+        self.vae = vae.requires_grad_(True)
+        self.lr, self.kl_weight = lr, kl_weight
+
+    def losses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(images).latent_dist
+        recon = self.vae.decode(posterior.sample()).sample  # (B, 3, H, W)
+        rec = F.l1_loss(recon, images) + F.mse_loss(recon, images)
+        return rec, posterior.kl().mean()
+
+    def training_step(self, batch: PoseBatch, batch_idx: int) -> torch.Tensor:
+        rec, kl = self.losses(batch.image)
+        loss = rec + self.kl_weight * kl
+        self.log_dict({"train/loss": loss, "train/kl": kl}, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch: PoseBatch, batch_idx: int) -> None:
+        rec, _ = self.losses(batch.image)
+        self.log("val/rec", rec, prog_bar=True, sync_dist=True, batch_size=len(batch))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.vae.parameters(), lr=self.lr)
+
+    @torch.no_grad()
+    def latent_scale(self, images: torch.Tensor) -> float:
+        """1 / std of the latent means of `images`: the scale that makes latents unit variance."""
+        return float(1.0 / self.vae.encode(images).latent_dist.mean.std())
