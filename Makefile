@@ -10,7 +10,7 @@ ARGS ?=
 EVAL_CONFIG ?= configs/eval/humanart.yaml
 IMAGES ?= runs/predict
 
-.PHONY: help install test test-all train eval bench clean
+.PHONY: help install demo test test-all train eval bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -c "import grpose, dgl"
 	touch $(STAMP)
+
+demo: install  ## the main job offline: train and evaluate GRPose, ControlNet, no-pose on synthetic data (CPU)
+	$(PY) -m grpose.demo $(ARGS)
 
 test: install  ## run the fast test suite (offline, CPU)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -7,10 +7,16 @@ Everything is a pure function of `(seed, split, index)` and works at any resolut
 """
 from __future__ import annotations
 
+import json
+import os
+import sys
+
 import numpy as np
+from PIL import Image
 
 from grpose.data.base import TRAIN_SPLITS, PoseDataset, canonical_split
 from grpose.data.batch import PoseSample
+from grpose.data.io import save_pose_npz
 from grpose.data.render import draw_capsule, draw_disk
 from grpose.data.skeletons import NUM_JOINTS
 from grpose.data.transforms import mark_outside_missing
@@ -167,6 +173,25 @@ def generate_synthetic(seed: int, index: int, resolution: int, split: str = "tra
     meta = {"id": f"{split}_{index:06d}", "scenario": scenario,
             "image_path": f"images/synthetic/{scenario}/{split}_{index:06d}.png"}
     return img, people.astype(np.float32), caption, meta
+
+
+def write_synthetic(out: str, split: str, num: int, resolution: int, seed: int) -> dict:
+    """Write `num` items of a split in the HumanSD mapping + npz layout under `out`; returns the
+    mapping (also written to `mapping_file_<split>.json`)."""
+    mapping = {}
+    for i in range(num):
+        image, people, caption, meta = generate_synthetic(seed, i, resolution, split)
+        img_path = meta["image_path"]
+        pose_path = img_path.replace("images/", "pose/", 1).rsplit(".", 1)[0] + ".npz"
+        os.makedirs(os.path.join(out, os.path.dirname(img_path)), exist_ok=True)
+        Image.fromarray(image).save(os.path.join(out, img_path))
+        save_pose_npz(os.path.join(out, pose_path), people)
+        mapping[meta["id"]] = {"img_path": img_path, "prompt": caption, "pose_path": pose_path}
+        if (i + 1) % 500 == 0 or i + 1 == num:
+            print(f"{split}: {i + 1}/{num}", file=sys.stderr, flush=True)
+    with open(os.path.join(out, f"mapping_file_{split}.json"), "w") as f:
+        json.dump(mapping, f, indent=1)
+    return mapping
 
 
 class SyntheticPoseDataset(PoseDataset):

@@ -1,0 +1,211 @@
+"""The offline end-to-end demo: `python -m grpose.demo` (what `make demo` runs).
+
+On the synthetic set, on a CPU, with nothing downloaded: train the pose network; train a tiny
+autoencoder and a tiny text-to-image UNet (the stand-in for SD 1.5), then freeze them; train a
+GRPose adapter (skeleton-graph PGI) and the ControlNet baseline on that frozen base with the same
+budget; generate images for held-out poses with them and with the base alone (no pose); score
+everything with the pose network (AP, CAP, PCE) and FID / KID on the pose network's features.
+Each stage reuses its earlier output when its settings have not changed.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+
+from grpose.adapters import ControlNetAdapter, GRPoseAdapter, NoPoseAdapter
+from grpose.data import HumanArtDataset, PoseDataModule, SyntheticPoseDataset
+from grpose.data.synthetic import write_synthetic
+from grpose.diffusion import PoseDiffusionModule
+from grpose.diffusion.autoencoder import AutoencoderModule
+from grpose.diffusion.components import (OpenCLIPTextEncoder, load_unet, load_vae, noise_scheduler,
+                                         tiny_unet, tiny_vae)
+from grpose.demo_report import evaluate_methods, write_report
+from grpose.pose import PoseEstimatorModule, PoseNetwork
+from grpose.pose.detector import load_pose_checkpoint
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and budgets of the demo (the defaults fit 20 minutes on 2 CPU cores)."""
+
+    out: str = "runs/demo"
+    resolution: int = 64
+    num_train: int = 2000
+    num_val: int = 64
+    seed: int = 0
+    batch_size: int = 16
+    pose_steps: int = 600
+    vae_steps: int = 400
+    base_steps: int = 1000
+    adapter_steps: int = 800
+    adapter_lr: float = 5e-4
+    sample_steps: int = 20
+    guidance_scale: float = 2.0
+
+
+QUICK = dict(num_train=32, num_val=8, batch_size=4, pose_steps=4, vae_steps=4, base_steps=4,
+             adapter_steps=4, sample_steps=2)
+
+
+def text_encoder() -> OpenCLIPTextEncoder:
+    """The demo's frozen text encoder: a tiny random-init CLIP text tower (fixed seed)."""
+    return OpenCLIPTextEncoder(text_cfg=dict(width=32, heads=2, layers=2), seed=0)
+
+
+class Stage:
+    """A stage folder that records the settings it was built with, to be reused when equal."""
+
+    def __init__(self, cfg: DemoConfig, name: str, settings: dict):
+        self.dir = os.path.join(cfg.out, name)
+        self.name, self.settings = name, settings
+        self.marker = os.path.join(self.dir, "stage.json")
+
+    def done(self) -> bool:
+        if not os.path.isfile(self.marker):
+            return False
+        with open(self.marker) as f:
+            return json.load(f)["settings"] == self.settings
+
+    def finish(self, **info) -> dict:
+        with open(self.marker, "w") as f:
+            json.dump({"settings": self.settings, **info}, f, indent=1)
+        return info
+
+    def info(self) -> dict:
+        with open(self.marker) as f:
+            return json.load(f)
+
+
+def trainer(cfg: DemoConfig, name: str, steps: int, **kwargs) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, max_steps=steps, log_every_n_steps=10,
+                     logger=TensorBoardLogger(os.path.join(cfg.out, "tb"), name=name, version=""),
+                     enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+                     **kwargs)
+
+
+def run_stage(cfg: DemoConfig, name: str, settings: dict, build) -> dict:
+    stage = Stage(cfg, name, settings)
+    if stage.done():
+        print(f"[demo] {name}: reusing {stage.dir}", flush=True)
+        return stage.info()
+    os.makedirs(stage.dir, exist_ok=True)
+    print(f"[demo] {name} ...", flush=True)
+    start = time.time()
+    info = build(stage.dir)
+    print(f"[demo] {name}: {time.time() - start:.0f} s", flush=True)
+    return stage.finish(seconds=round(time.time() - start, 1), **info)
+
+
+def datasets(cfg: DemoConfig, data_dir: str, caption_dropout: float):
+    common = dict(layout="mapping", resolution=cfg.resolution, min_people=0)
+    return (HumanArtDataset(data_dir, "training", caption_dropout=caption_dropout, **common),
+            HumanArtDataset(data_dir, "validation", **common))
+
+
+def diffusion(cfg: DemoConfig, base: dict, unet: nn.Module, adapter, **kwargs):
+    return PoseDiffusionModule(unet, load_vae(base["vae_dir"], subfolder=None), text_encoder(),
+                               adapter, noise_scheduler(), latent_scale=base["latent_scale"],
+                               num_inference_steps=cfg.sample_steps,
+                               guidance_scale=cfg.guidance_scale, seed=cfg.seed, **kwargs)
+
+
+def run(cfg: DemoConfig) -> dict:
+    torch.manual_seed(cfg.seed)
+    data_dir = os.path.join(cfg.out, "data")
+    run_stage(cfg, "data", dict(n=cfg.num_train, v=cfg.num_val, r=cfg.resolution, s=cfg.seed),
+              lambda d: {"train": len(write_synthetic(d, "training", cfg.num_train,
+                                                      cfg.resolution, cfg.seed)),
+                         "val": len(write_synthetic(d, "validation", cfg.num_val,
+                                                    cfg.resolution, cfg.seed))})
+
+    def pose_stage(d):  # the detector sees far more poses than the generators: on-the-fly items
+        module = PoseEstimatorModule(PoseNetwork())
+        data = PoseDataModule(train=SyntheticPoseDataset(
+            cfg.pose_steps * 32, seed=cfg.seed + 1, split="training", resolution=cfg.resolution,
+            flip_p=0.5), batch_size=min(32, 2 * cfg.batch_size))
+        t = trainer(cfg, "pose", cfg.pose_steps)
+        t.fit(module, data)
+        t.save_checkpoint(os.path.join(d, "pose.ckpt"))
+        return {"checkpoint": os.path.join(d, "pose.ckpt")}
+    pose = run_stage(cfg, "pose", dict(steps=cfg.pose_steps, r=cfg.resolution, s=cfg.seed),
+                     pose_stage)
+
+    def vae_stage(d):
+        train, _ = datasets(cfg, data_dir, 0.0)
+        module = AutoencoderModule(tiny_vae(seed=cfg.seed))
+        trainer(cfg, "vae", cfg.vae_steps).fit(module, PoseDataModule(
+            train=train, batch_size=cfg.batch_size))
+        module.vae.save_pretrained(d)
+        images = torch.stack([train[i].image for i in range(min(64, len(train)))])
+        scale = module.latent_scale(images)
+        return {"vae_dir": d, "latent_scale": scale}
+    vae = run_stage(cfg, "vae", dict(steps=cfg.vae_steps, data=cfg.num_train, r=cfg.resolution),
+                    vae_stage)
+
+    def base_stage(d):
+        train, _ = datasets(cfg, data_dir, 0.1)
+        module = diffusion(cfg, vae, tiny_unet(seed=cfg.seed), NoPoseAdapter(),
+                           trainable=["unet"], pose_loss_alpha=1.0, lr=1e-3)
+        trainer(cfg, "base", cfg.base_steps).fit(module, PoseDataModule(
+            train=train, batch_size=cfg.batch_size))
+        module.unet.save_pretrained(d)
+        return {"unet_dir": d}
+    base = run_stage(cfg, "base", dict(steps=cfg.base_steps, vae=vae["seconds"]), base_stage)
+    base_info = {**vae, **base}
+
+    adapters = {"grpose": lambda: GRPoseAdapter("skeleton", (8, 16, 32), node_dim=32),
+                "controlnet": lambda: ControlNetAdapter((8, 16, 32))}
+    trained = {}
+    for name, make in adapters.items():
+        def adapter_stage(d, name=name, make=make):
+            train, _ = datasets(cfg, data_dir, 0.5)
+            module = diffusion(cfg, base_info, load_unet(base_info["unet_dir"], subfolder=None),
+                               make(), lr=cfg.adapter_lr)
+            trainer(cfg, name, cfg.adapter_steps).fit(module, PoseDataModule(
+                train=train, batch_size=cfg.batch_size))
+            torch.save(module.adapter.state_dict(), os.path.join(d, "adapter.pt"))
+            return {"adapter": os.path.join(d, "adapter.pt")}
+        trained[name] = run_stage(cfg, name, dict(steps=cfg.adapter_steps, lr=cfg.adapter_lr,
+                                                  base=base["seconds"]), adapter_stage)
+
+    def model_for(name: str) -> PoseDiffusionModule:
+        adapter = adapters[name]() if name in adapters else NoPoseAdapter()
+        m = diffusion(cfg, base_info, load_unet(base_info["unet_dir"], subfolder=None), adapter)
+        if name in adapters:
+            m.adapter.load_state_dict(torch.load(trained[name]["adapter"], weights_only=True))
+        return m.eval()
+
+    _, val = datasets(cfg, data_dir, 0.0)
+    network, _ = load_pose_checkpoint(pose["checkpoint"])
+    print("[demo] generating and evaluating ...", flush=True)
+    results = evaluate_methods({n: model_for(n) for n in ("grpose", "controlnet", "no-pose")},
+                               val, network, cfg.batch_size, cfg.out)
+    results["config"] = asdict(cfg)
+    results["stage_seconds"] = {n: Stage(cfg, n, {}).info()["seconds"]
+                                for n in ("data", "pose", "vae", "base", *adapters)}
+    write_report(results, cfg.out)
+    return results
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    for field, value in asdict(DemoConfig()).items():
+        p.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value)
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (for tests)")
+    args = vars(p.parse_args(argv))
+    quick = args.pop("quick")
+    cfg = DemoConfig(**{**args, **(QUICK if quick else {})})
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

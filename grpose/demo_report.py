@@ -1,0 +1,105 @@
+"""The demo's evaluation and report: metrics per method, image grids, results.md / .json."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+
+from grpose.callbacks.images import to_uint8
+from grpose.data.batch import PoseBatch, collate_pose_samples
+from grpose.data.render import render_pose
+from grpose.metrics.image_quality import ImageQuality
+from grpose.metrics.suite import GenerationMetrics
+from grpose.pose.detector import NetworkDetector
+
+COLUMNS = ("ap", "cap", "pce", "fid", "kid")
+
+
+class PoseNetFeatures(nn.Module):
+    """Globally pooled features of our pose network: the FID / KID feature space of the demo."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # images in [0, 1]
+        return self.network(images * 2 - 1)["features"].mean(dim=(2, 3))  # (B, C)
+
+
+def overlay(generated: np.ndarray, people: torch.Tensor) -> np.ndarray:
+    """The detected pose drawn over a generated `uint8 (H, W, 3)` image."""
+    pose = render_pose(people.cpu().numpy(), *generated.shape[:2])
+    drawn = pose.any(axis=-1, keepdims=True)
+    return np.where(drawn, (0.3 * generated + 0.7 * pose).astype(np.uint8), generated)
+
+
+def grid(batch: PoseBatch, generated: torch.Tensor, detections: list[dict], n: int = 8):
+    """Rows of image | pose | generated | generated with the detected pose."""
+    rows = []
+    for i in range(min(n, len(batch))):
+        gen = to_uint8(generated[i:i + 1])[0]
+        rows.append(np.concatenate([to_uint8(batch.image[i:i + 1])[0],
+                                    to_uint8(batch.pose_image[i:i + 1])[0], gen,
+                                    overlay(gen, detections[i]["keypoints"])], axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+@torch.no_grad()
+def evaluate_methods(models: dict, val, network: nn.Module, batch_size: int, out: str) -> dict:
+    """AP / CAP / PCE / FID / KID of the real held-out images and of each model's generations."""
+    network = network.eval().requires_grad_(False)
+    n, res = len(val), val.resolution
+
+    def metrics() -> GenerationMetrics:
+        quality = ImageQuality(PoseNetFeatures(network), kid_subset_size=min(200, n),
+                               input_size=(3, res, res))
+        return GenerationMetrics(NetworkDetector(network=network), quality)
+
+    loader = DataLoader(val, batch_size=batch_size, collate_fn=collate_pose_samples)
+    writer = SummaryWriter(os.path.join(out, "tb", "eval"))
+    os.makedirs(os.path.join(out, "grids"), exist_ok=True)
+    results = {}
+    for name, model in [("real images", None), *models.items()]:
+        suite = metrics()
+        for k, batch in enumerate(loader):
+            images = batch.image if model is None else model.generate(batch)
+            detections = suite.update(images, batch)
+            if k == 0:
+                g = grid(batch, images, detections)
+                Image.fromarray(g).save(os.path.join(out, "grids", f"{name.replace(' ', '_')}.png"))
+                writer.add_image(f"eval/{name}", g, 0, dataformats="HWC")
+        results[name] = suite.compute()
+        print(f"[demo] {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name].items()),
+              flush=True)
+    writer.close()
+    real_ap = results["real images"]["ap"]
+    for r in results.values():
+        r["ap_vs_real"] = r["ap"] / real_ap if real_ap > 0 else float("nan")
+    return {"methods": results, "num_images": n}
+
+
+def write_report(results: dict, out: str) -> None:
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    cols = [*COLUMNS, "ap_vs_real"]
+    lines = ["| method | AP | CAP | PCE | FID | KID | AP / real AP |", "|---" * 7 + "|"]
+    for name, r in results["methods"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{r.get(c, float('nan')):.3f}" for c in cols)
+                     + " |")
+    cfg = results["config"]
+    text = (f"# grpose demo results\n\n{results['num_images']} held-out synthetic images at "
+            f"{cfg['resolution']} px; poses detected by the demo's pose network; FID / KID on "
+            "that network's pooled features (not Inception: numbers are comparable only within "
+            "this table).\n\n" + "\n".join(lines) + "\n\nStage times (s): "
+            + ", ".join(f"{k} {v}" for k, v in results["stage_seconds"].items())
+            + "\n\nGrids (image | pose | generated | detected pose on generated): "
+            "`grids/*.png`; TensorBoard: `tb/`.\n")
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text)
+    print(text, flush=True)

@@ -1,0 +1,22 @@
+"""The end-to-end demo, shortened to seconds (`--quick`): every stage, the report, reuse."""
+import json
+
+from grpose.demo import main
+
+
+def test_quick_demo_end_to_end_and_stage_reuse(tmp_path, capsys):
+    out = tmp_path / "demo"
+    results = main(["--quick", "--out", str(out)])
+    assert set(results["methods"]) == {"real images", "grpose", "controlnet", "no-pose"}
+    for r in results["methods"].values():
+        assert {"ap", "cap", "pce", "fid", "kid"} <= set(r)
+    assert (out / "results.md").read_text().startswith("# grpose demo results")
+    assert json.loads((out / "results.json").read_text())["num_images"] == 8
+    assert {p.name for p in (out / "grids").iterdir()} == {
+        "real_images.png", "grpose.png", "controlnet.png", "no-pose.png"}
+    assert any((out / "tb").rglob("events.out.tfevents*"))
+    capsys.readouterr()
+    main(["--quick", "--out", str(out)])  # a second run reuses every trained stage
+    log = capsys.readouterr().out
+    for stage in ("data", "pose", "vae", "base", "grpose", "controlnet"):
+        assert f"[demo] {stage}: reusing" in log
