@@ -44,12 +44,13 @@ class DemoConfig:
     seed: int = 0
     batch_size: int = 16
     pose_steps: int = 600
-    vae_steps: int = 400
-    base_steps: int = 1000
-    adapter_steps: int = 800
+    vae_steps: int = 250
+    base_steps: int = 800
+    adapter_steps: int = 1000
     adapter_lr: float = 5e-4
     sample_steps: int = 20
     guidance_scale: float = 2.0
+    render_scale: float = 0.35  # thinner pose lines: the protocol's widths are for 512 px
 
 
 QUICK = dict(num_train=32, num_val=8, batch_size=4, pose_steps=4, vae_steps=4, base_steps=4,
@@ -106,7 +107,8 @@ def run_stage(cfg: DemoConfig, name: str, settings: dict, build) -> dict:
 
 
 def datasets(cfg: DemoConfig, data_dir: str, caption_dropout: float):
-    common = dict(layout="mapping", resolution=cfg.resolution, min_people=0)
+    common = dict(layout="mapping", resolution=cfg.resolution, min_people=0,
+                  render_scale=cfg.render_scale)
     return (HumanArtDataset(data_dir, "training", caption_dropout=caption_dropout, **common),
             HumanArtDataset(data_dir, "validation", **common))
 
@@ -114,7 +116,7 @@ def datasets(cfg: DemoConfig, data_dir: str, caption_dropout: float):
 def diffusion(cfg: DemoConfig, base: dict, unet: nn.Module, adapter, **kwargs):
     return PoseDiffusionModule(unet, load_vae(base["vae_dir"], subfolder=None), text_encoder(),
                                adapter, noise_scheduler(), latent_scale=base["latent_scale"],
-                               num_inference_steps=cfg.sample_steps,
+                               num_inference_steps=cfg.sample_steps, negative_prompt="",
                                guidance_scale=cfg.guidance_scale, seed=cfg.seed, **kwargs)
 
 
@@ -159,7 +161,8 @@ def run(cfg: DemoConfig) -> dict:
             train=train, batch_size=cfg.batch_size))
         module.unet.save_pretrained(d)
         return {"unet_dir": d}
-    base = run_stage(cfg, "base", dict(steps=cfg.base_steps, vae=vae["seconds"]), base_stage)
+    base = run_stage(cfg, "base", dict(steps=cfg.base_steps, vae=vae["seconds"],
+                                       scale=cfg.render_scale), base_stage)
     base_info = {**vae, **base}
 
     adapters = {"grpose": lambda: GRPoseAdapter("skeleton", (8, 16, 32), node_dim=32),

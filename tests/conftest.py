@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -13,9 +14,10 @@ from grpose.data.io import save_pose_npz
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_argv(monkeypatch):
     torch.manual_seed(0)
     np.random.seed(0)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # in-process CLIs must not see pytest's args
 
 
 def person(x0: float, y0: float, scale: float = 20.0) -> np.ndarray:

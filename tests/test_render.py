@@ -81,3 +81,8 @@ def test_pose_mask_robust_and_on_grid():
     assert pose_mask(blank, 23).sum() == 0  # float rounding of the blur never fills the mask
     small = pose_mask(pose, 13, size=(8, 8))
     assert small.shape == (1, 1, 8, 8) and small[0, 0, 3, 4] == 1 and small[0, 0, 3, 0] == 0
+
+
+def test_render_scale_thins_lines():
+    img = render_pose(_two_joints(5, 11, 50, 20, 50, 80), 100, 100, scale=0.5)
+    assert img[50, 40:61].any(axis=1).sum() == 5  # width 5 line: centres within 2.5 px

@@ -47,6 +47,8 @@ class PoseDataset(Dataset):
         flip_p: horizontal flip probability in training (left/right joints are swapped).
         caption_dropout: probability of an empty caption; default 0.5 in training, else 0.
         pose_style: "humansd" (GRPose, Stable-Pose) or "openpose" (ControlNet baseline).
+        render_scale: line width / joint radius multiplier of the pose image (1 = the
+            protocol's sizes for 512 px; small images want resolution / 512 or a little more).
         on_error: "raise" stops at the first bad item with the file and problem; "skip" logs it,
             counts it in `self.skipped` and serves the next good item instead.
         min_people / max_people: people per image accepted (fewer or more is bad input).
@@ -54,7 +56,7 @@ class PoseDataset(Dataset):
 
     def __init__(self, resolution: int = 512, train: bool = False, flip_p: float = 0.0,
                  caption_dropout: float | None = None, pose_style: str = "humansd",
-                 on_error: str = "raise", min_people: int = 1, max_people: int | None = 10):
+                 render_scale: float = 1.0, on_error: str = "raise", min_people: int = 1, max_people: int | None = 10):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if pose_style not in ("humansd", "openpose"):
@@ -65,6 +67,7 @@ class PoseDataset(Dataset):
                                        flip_p=flip_p if train else 0.0,
                                        caption_dropout=caption_dropout)
         self.resolution, self.train, self.pose_style = resolution, train, pose_style
+        self.render_scale = render_scale
         self.on_error, self.min_people, self.max_people = on_error, min_people, max_people
         self.records: list[Record] = []
         self.skipped: Counter = Counter()
@@ -107,7 +110,8 @@ class PoseDataset(Dataset):
     def make_sample(self, image: np.ndarray, people: np.ndarray, caption: str, meta: dict,
                     rng: np.random.Generator) -> PoseSample:
         image, people, caption = self.transform(image, people, caption, rng)
-        pose = render_pose(people, image.shape[0], image.shape[1], style=self.pose_style)
+        pose = render_pose(people, image.shape[0], image.shape[1], style=self.pose_style,
+                           scale=self.render_scale)
         return PoseSample(image=to_model_range(image), pose_image=to_model_range(pose),
                           keypoints=torch.from_numpy(people), caption=caption, meta=dict(meta))
 

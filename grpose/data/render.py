@@ -80,13 +80,14 @@ def _as_people(people) -> np.ndarray:
 
 
 def render_pose(people, height: int, width: int, style: str = "humansd",
-                threshold: float = CONF_THRESHOLD) -> np.ndarray:
+                threshold: float = CONF_THRESHOLD, scale: float = 1.0) -> np.ndarray:
     """Render `(P, 17, 3)` keypoints (x, y, conf in pixels) as a `uint8 (H, W, 3)` pose image.
 
     `style="humansd"`: black canvas, the 16 HumanSD limbs in a 16-colour HLS palette as width-10
     lines, radius-5 joints, keypoints with conf > 0.02, at most 10 people (the first ten).
     `style="openpose"`: OpenPose-18 (neck added), its colours, sticks of width 8 blended at 0.6,
     radius-4 joints, as used by the ControlNet / T2I-Adapter pose baselines.
+    `scale` multiplies line widths and joint radii (1 = the protocol's sizes, made for 512 px).
     """
     people = _as_people(people)[:MAX_RENDERED_PEOPLE]
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
@@ -95,18 +96,19 @@ def render_pose(people, height: int, width: int, style: str = "humansd",
             present = person[:, 2] > threshold
             for k, (a, b) in enumerate(HUMANSD_LIMBS):
                 if present[a] and present[b]:
-                    draw_capsule(canvas, person[a], person[b], LIMB_WIDTH / 2, HUMANSD_COLORS[k])
+                    draw_capsule(canvas, person[a], person[b], LIMB_WIDTH / 2 * scale,
+                                 HUMANSD_COLORS[k])
             for j in np.flatnonzero(present):
-                draw_disk(canvas, person[j], JOINT_RADIUS, HUMANSD_JOINT_COLORS[j])
+                draw_disk(canvas, person[j], JOINT_RADIUS * scale, HUMANSD_JOINT_COLORS[j])
     elif style == "openpose":
         for person in coco_to_openpose18(people, threshold):
             present = person[:, 2] > threshold
             for k, (a, b) in enumerate(OPENPOSE18_LIMBS):
                 if present[a] and present[b]:
-                    draw_capsule(canvas, person[a], person[b], OPENPOSE_STICK_HALF_WIDTH,
+                    draw_capsule(canvas, person[a], person[b], OPENPOSE_STICK_HALF_WIDTH * scale,
                                  OPENPOSE18_COLORS[k], alpha=0.6)
             for j in np.flatnonzero(present):
-                draw_disk(canvas, person[j], OPENPOSE_JOINT_RADIUS, OPENPOSE18_COLORS[j])
+                draw_disk(canvas, person[j], OPENPOSE_JOINT_RADIUS * scale, OPENPOSE18_COLORS[j])
     else:
         raise ValueError(f"unknown pose render style {style!r}; expected 'humansd' or 'openpose'")
     return canvas

@@ -25,26 +25,24 @@ def _require_local(path: str, what: str) -> str:
     return path
 
 
+def _load_local(cls, path: str, subfolder: str | None, config: str | None, what: str):
+    _require_local(path, what)
+    if os.path.isfile(path):
+        return cls.from_single_file(path, config=_require_local(config, f"{what} config"),
+                                    subfolder=subfolder, local_files_only=True)
+    return cls.from_pretrained(path, subfolder=subfolder, local_files_only=True)
+
+
 def load_unet(path: str, subfolder: str | None = "unet", config: str | None = None
               ) -> UNet2DConditionModel:
     """SD UNet from a local diffusers folder, or a single `.safetensors`/`.ckpt` file (then
     `config` must be a local diffusers folder holding the matching `unet/config.json`)."""
-    _require_local(path, "UNet")
-    if os.path.isfile(path):
-        return UNet2DConditionModel.from_single_file(
-            path, config=_require_local(config, "UNet config"), subfolder=subfolder,
-            local_files_only=True)
-    return UNet2DConditionModel.from_pretrained(path, subfolder=subfolder, local_files_only=True)
+    return _load_local(UNet2DConditionModel, path, subfolder, config, "UNet")
 
 
 def load_vae(path: str, subfolder: str | None = "vae", config: str | None = None) -> AutoencoderKL:
     """SD VAE from a local diffusers folder or single file (see `load_unet`)."""
-    _require_local(path, "VAE")
-    if os.path.isfile(path):
-        return AutoencoderKL.from_single_file(
-            path, config=_require_local(config, "VAE config"), subfolder=subfolder,
-            local_files_only=True)
-    return AutoencoderKL.from_pretrained(path, subfolder=subfolder, local_files_only=True)
+    return _load_local(AutoencoderKL, path, subfolder, config, "VAE")
 
 
 def noise_scheduler(**overrides) -> DDPMScheduler:
