@@ -3,13 +3,17 @@ all with tiny random networks (nothing downloaded)."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 
 import numpy as np
-import open_clip
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from scipy import linalg
 from torch import nn
+from torch.utils.data import DistributedSampler
 
 from grpose.metrics import ClipScore, ImageQuality, InceptionV3Features, load_open_clip
 
@@ -108,6 +112,60 @@ def test_real_statistics_survive_reset_when_asked():
         assert again[name].item() == pytest.approx(first[name].item(), rel=1e-5)
 
 
+def quality(real, fake, real_ids, fake_ids, repeat: int) -> dict[str, float]:
+    """Metrics after feeding the first `repeat` images of each side a second time."""
+    metric = ImageQuality(TinyExtractor(pair=True), kid_subsets=5, input_size=(3, 16, 16))
+    for ids, is_real, x in ((real_ids, True, real), (fake_ids, False, fake)):
+        metric.update(x, real=is_real, ids=ids)
+        metric.update(x[:repeat], real=is_real, ids=None if ids is None else ids[:repeat])
+    torch.manual_seed(0)  # KID subsets
+    return {k: v.item() for k, v in metric.compute().items()}
+
+
+def test_repeated_ids_counted_once_in_quality():
+    real, fake = images(20, 0.0, 7), images(20, 0.3, 8)
+    ids = torch.arange(20)
+    once = quality(real, fake, ids, ids + 100, repeat=0)
+    assert quality(real, fake, ids, ids + 100, repeat=5) == pytest.approx(once, rel=1e-9)
+    without = quality(real, fake, None, None, repeat=5)
+    for name in ("fid", "fid64", "kid_mean"):
+        assert without[name] != pytest.approx(once[name], rel=1e-6)
+
+
+def _ddp_worker(rank: int, world: int, port: int, real, fake, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    indices = list(DistributedSampler(range(len(real)), world, rank, shuffle=False))
+    with_ids = ImageQuality(TinyExtractor(pair=True), kid_subsets=5, input_size=(3, 16, 16))
+    without = ImageQuality(TinyExtractor(pair=True), kid_subsets=5, input_size=(3, 16, 16))
+    for start in range(0, len(indices), 4):
+        batch = indices[start:start + 4]
+        for metric, ids in ((with_ids, batch), (without, None)):
+            metric.update(real[batch], real=True, ids=ids)
+            metric.update(fake[batch], real=False, ids=ids)
+    result = [{k: v.item() for k, v in m.compute().items()} for m in (with_ids, without)]
+    if rank == 0:
+        torch.save(result, out)
+    dist.destroy_process_group()
+
+
+def test_ddp_quality_counts_padded_images_once(tmp_path):
+    real, fake = images(11, 0.0, 9), images(11, 0.3, 10)  # 11 on 2 processes: image 0 twice
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_ddp_worker, args=(2, port, real, fake, out), nprocs=2, join=True)
+    with_ids, without = torch.load(out)
+    single = ImageQuality(TinyExtractor(pair=True), kid_subsets=5, input_size=(3, 16, 16))
+    feed(single, real, fake)
+    single = {k: v.item() for k, v in single.compute().items()}
+    for name in ("fid", "fid64", "kid_mean"):  # kid_mean: every subset is the whole set
+        assert with_ids[name] == pytest.approx(single[name], rel=1e-6)
+        assert without[name] != pytest.approx(single[name], rel=1e-6)
+
+
 def test_inception_features_load_a_local_file(tmp_path, monkeypatch):
     from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
     with monkeypatch.context() as m:  # a random network to save: skip the (download) loading
@@ -136,6 +194,7 @@ TINY_CLIP = {"embed_dim": 16,
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """(model, tokenizer) through `load_open_clip`, from a tiny config and a random local file."""
+    import open_clip  # here, not at the top: spawned DDP workers import this module
     root = tmp_path_factory.mktemp("clip")
     (root / "grpose-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(root / "grpose-tiny-clip.json")
@@ -147,6 +206,7 @@ def tiny_clip(tmp_path_factory):
 
 
 def direct_clip_scores(model, tokenizer, pixels: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    import open_clip
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN)[:, None, None]
     std = torch.tensor(open_clip.OPENAI_DATASET_STD)[:, None, None]
     with torch.no_grad():
@@ -185,3 +245,25 @@ def test_clip_score_truncates_prompts_to_77_tokens(tiny_clip):
     long = "oil painting, " + "an oil painting " * 40
     assert score(long + "of a dog") == score(long + "of a cat") > 0  # beyond 77 tokens: cut
     assert score("an oil painting of a dog") != score("an oil painting of a cat")
+
+
+def test_repeated_ids_counted_once_in_clip_score(tiny_clip):
+    model, tokenizer = tiny_clip
+    pixels = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    texts = [f"a photo of {w}" for w in "a dog, two cats, a dancer, a statue, a cartoon, "
+             "an oil painting, a kid, a sketch".split(", ")]
+    direct = direct_clip_scores(model, tokenizer, pixels, texts)
+    first = int(direct.argmax())  # the image fed again: the highest score
+    order = [first] + [i for i in range(8) if i != first]
+    pixels, texts = pixels[order], [texts[i] for i in order]
+
+    def score(ids, repeat: int) -> float:
+        metric = ClipScore(model, tokenizer)
+        metric.update(pixels, texts, ids=ids)
+        metric.update(pixels[:repeat], texts[:repeat], ids=None if ids is None else ids[:repeat])
+        return metric.compute().item()
+
+    once = score(list(range(8)), 0)
+    assert once == pytest.approx(direct.mean().item(), rel=1e-5)
+    assert score(list(range(8)), 1) == pytest.approx(once, rel=1e-12)
+    assert score(None, 1) > once  # the best image counted twice

@@ -8,6 +8,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from grpose.metrics.image_quality import first_occurrences, ids_tensor
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -35,10 +38,12 @@ def clip_score_from_file(weights_path: str, arch: str = "ViT-B-16") -> "ClipScor
 class ClipScore(Metric):
     """CLIP score: `100 * max(cos(image, text), 0)` averaged over images.
 
-    `update(images, texts)` takes images `(N, 3, H, W)` (float in [0, 1] or uint8), resized
+    `update(images, texts, ids)` takes images `(N, 3, H, W)` (float in [0, 1] or uint8), resized
     (bicubic, shorter side) and centre-cropped to the model's input size, then normalised with
     its mean/std, and one prompt per image. Prompts are truncated by the tokenizer to its
     context length (77 tokens); Stable-Pose's code cut prompts to 77 characters instead.
+    An image id seen again (on any process, e.g. a DDP sampler's padding) counts once; images
+    without ids always count.
 
     Args:
         model: an open_clip `CLIP` model (see `load_open_clip`).
@@ -60,8 +65,8 @@ class ClipScore(Metric):
         self.image_size = list(size) if isinstance(size, (tuple, list)) else [size, size]
         self.mean = cfg.get("mean", _OPENAI_MEAN)
         self.std = cfg.get("std", _OPENAI_STD)
-        self.add_state("score_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("scores", [], dist_reduce_fx="cat")  # float64 (n,)
+        self.add_state("ids", [], dist_reduce_fx="cat")  # int64 (n,), -1: no id
 
     def _preprocess(self, images: Tensor) -> Tensor:
         images = TF.to_dtype(images, torch.float32, scale=True)  # (N, 3, H, W) in [0, 1]
@@ -71,17 +76,21 @@ class ClipScore(Metric):
         return TF.normalize(images, self.mean, self.std)
 
     @torch.no_grad()
-    def update(self, images: Tensor, texts: Sequence[str]) -> None:
-        """Add a batch of generated images and their prompts."""
+    def update(self, images: Tensor, texts: Sequence[str],
+               ids: Sequence[int] | Tensor | None = None) -> None:
+        """Add a batch of generated images, their prompts and optional image ids `(N,)`."""
         if len(images) != len(texts):
             raise ValueError(f"got {len(images)} images and {len(texts)} prompts")
-        device = self.score_sum.device
+        if len(texts) == 0:
+            return
+        device = self.device
         image_emb = self.model.encode_image(self._preprocess(images.to(device)))
         text_emb = self.model.encode_text(self.tokenizer(list(texts)).to(device))
         cos = nn.functional.cosine_similarity(image_emb.double(), text_emb.double(), dim=-1)
-        self.score_sum += (100 * cos.clamp(min=0)).sum()
-        self.count += len(texts)
+        self.scores.append(100 * cos.clamp(min=0))  # (N,)
+        self.ids.append(ids_tensor(ids, len(texts), device))
 
     def compute(self) -> Tensor:
-        """Mean CLIP score (0-100)."""
-        return self.score_sum / self.count
+        """Mean CLIP score (0-100), each image id once."""
+        scores, ids = dim_zero_cat(self.scores), dim_zero_cat(self.ids)
+        return scores[first_occurrences(ids)].mean()

@@ -22,7 +22,7 @@ class GenerationMetrics(nn.Module):
     and CLIP score (`clip`, generated images vs captions); each part is optional.
 
     `update(generated, batch)` takes images in [-1, 1]; the batch's `meta["index"]` serves as
-    the image id, so an image a distributed sampler repeated is counted once in the pose metrics.
+    the image id, so an image a distributed sampler repeated is counted once by every metric.
     `compute()` returns plain floats keyed `ap`, `cap`, `pce`, `fid`, `fid64`, `kid`, `kid_std`,
     `clip` (those available).
 
@@ -44,17 +44,17 @@ class GenerationMetrics(nn.Module):
     def update(self, generated: torch.Tensor, batch: PoseBatch) -> list[dict] | None:
         """Add a batch; returns the detections (or None without a detector)."""
         preds = None
+        ids = [int(m["index"]) for m in batch.meta] if all(
+            "index" in m for m in batch.meta) else None
         if self.pose is not None:
             preds = self.detector(generated)
             targets = [batch.people(i) for i in range(len(batch))]
-            ids = [int(m["index"]) for m in batch.meta] if all(
-                "index" in m for m in batch.meta) else None
             self.pose.update(preds, targets, ids)
         if self.quality is not None:
-            self.quality.update(to_unit(batch.image), real=True)
-            self.quality.update(to_unit(generated), real=False)
+            self.quality.update(to_unit(batch.image), real=True, ids=ids)
+            self.quality.update(to_unit(generated), real=False, ids=ids)
         if self.clip is not None:
-            self.clip.update(to_unit(generated), batch.captions)
+            self.clip.update(to_unit(generated), batch.captions, ids=ids)
         return preds
 
     def compute(self) -> dict[str, float]:
