@@ -77,9 +77,10 @@ class Stage:
             return json.load(f)["settings"] == self.settings
 
     def finish(self, **info) -> dict:
+        record = {"settings": self.settings, **info}
         with open(self.marker, "w") as f:
-            json.dump({"settings": self.settings, **info}, f, indent=1)
-        return info
+            json.dump(record, f, indent=1)
+        return record
 
     def info(self) -> dict:
         with open(self.marker) as f:
@@ -123,11 +124,12 @@ def diffusion(cfg: DemoConfig, base: dict, unet: nn.Module, adapter, **kwargs):
 def run(cfg: DemoConfig) -> dict:
     torch.manual_seed(cfg.seed)
     data_dir = os.path.join(cfg.out, "data")
-    run_stage(cfg, "data", dict(n=cfg.num_train, v=cfg.num_val, r=cfg.resolution, s=cfg.seed),
-              lambda d: {"train": len(write_synthetic(d, "training", cfg.num_train,
-                                                      cfg.resolution, cfg.seed)),
-                         "val": len(write_synthetic(d, "validation", cfg.num_val,
-                                                    cfg.resolution, cfg.seed))})
+    def data_stage(d):
+        return {split: len(write_synthetic(d, split, num, cfg.resolution, cfg.seed))
+                for split, num in (("training", cfg.num_train), ("validation", cfg.num_val))}
+    # A stage's settings include those of the stages it builds on, so a change upstream redoes it.
+    data = run_stage(cfg, "data", dict(n=cfg.num_train, v=cfg.num_val, r=cfg.resolution,
+                                       s=cfg.seed), data_stage)
 
     def pose_stage(d):  # the detector sees far more poses than the generators: on-the-fly items
         module = PoseEstimatorModule(PoseNetwork())
@@ -150,8 +152,7 @@ def run(cfg: DemoConfig) -> dict:
         images = torch.stack([train[i].image for i in range(min(64, len(train)))])
         scale = module.latent_scale(images)
         return {"vae_dir": d, "latent_scale": scale}
-    vae = run_stage(cfg, "vae", dict(steps=cfg.vae_steps, data=cfg.num_train, r=cfg.resolution),
-                    vae_stage)
+    vae = run_stage(cfg, "vae", dict(steps=cfg.vae_steps, data=data["settings"]), vae_stage)
 
     def base_stage(d):
         train, _ = datasets(cfg, data_dir, 0.1)
@@ -161,8 +162,7 @@ def run(cfg: DemoConfig) -> dict:
             train=train, batch_size=cfg.batch_size))
         module.unet.save_pretrained(d)
         return {"unet_dir": d}
-    base = run_stage(cfg, "base", dict(steps=cfg.base_steps, vae=vae["seconds"],
-                                       scale=cfg.render_scale), base_stage)
+    base = run_stage(cfg, "base", dict(steps=cfg.base_steps, vae=vae["settings"]), base_stage)
     base_info = {**vae, **base}
 
     adapters = {"grpose": lambda: GRPoseAdapter("skeleton", (8, 16, 32), node_dim=32),
@@ -178,7 +178,8 @@ def run(cfg: DemoConfig) -> dict:
             torch.save(module.adapter.state_dict(), os.path.join(d, "adapter.pt"))
             return {"adapter": os.path.join(d, "adapter.pt")}
         trained[name] = run_stage(cfg, name, dict(steps=cfg.adapter_steps, lr=cfg.adapter_lr,
-                                                  base=base["seconds"]), adapter_stage)
+                                                  render_scale=cfg.render_scale,
+                                                  base=base["settings"]), adapter_stage)
 
     def model_for(name: str) -> PoseDiffusionModule:
         adapter = adapters[name]() if name in adapters else NoPoseAdapter()
