@@ -23,7 +23,7 @@ from torch import nn
 
 from grpose.adapters import ControlNetAdapter, GRPoseAdapter, NoPoseAdapter
 from grpose.data import HumanArtDataset, PoseDataModule, SyntheticPoseDataset
-from grpose.data.synthetic import write_synthetic
+from grpose.data.synthetic import Scene, write_synthetic
 from grpose.diffusion import PoseDiffusionModule
 from grpose.diffusion.autoencoder import AutoencoderModule
 from grpose.diffusion.components import (OpenCLIPTextEncoder, load_unet, load_vae, noise_scheduler,
@@ -41,10 +41,13 @@ class DemoConfig:
     resolution: int = 64
     num_train: int = 2000
     num_val: int = 64
+    max_people: int = 1  # people per image: 1, or up to 2-3 (weights 0.5 / 0.3 / 0.2)
+    min_size: float = 0.6  # person height range, as a fraction of the image side
+    max_size: float = 0.9
     seed: int = 0
     batch_size: int = 16
     pose_steps: int = 600
-    vae_steps: int = 250
+    vae_steps: int = 1000
     base_steps: int = 800
     adapter_steps: int = 1000
     adapter_lr: float = 5e-4
@@ -57,6 +60,12 @@ QUICK = dict(num_train=32, num_val=8, batch_size=4, pose_steps=4, vae_steps=4, b
              adapter_steps=4, sample_steps=2)
 
 
+def scene(cfg: DemoConfig) -> Scene:
+    """The demo's people: at 64 px a tiny autoencoder trained for minutes keeps only large ones."""
+    return Scene((0.5, 0.3, 0.2)[:cfg.max_people], (cfg.min_size, cfg.max_size),
+                 occluder_p=0.2 if cfg.max_people > 1 else 0.0)
+
+
 def text_encoder() -> OpenCLIPTextEncoder:
     """The demo's frozen text encoder: a tiny random-init CLIP text tower (fixed seed)."""
     return OpenCLIPTextEncoder(text_cfg=dict(width=32, heads=2, layers=2), seed=0)
@@ -67,7 +76,8 @@ class Stage:
 
     def __init__(self, cfg: DemoConfig, name: str, settings: dict):
         self.dir = os.path.join(cfg.out, name)
-        self.name, self.settings = name, settings
+        self.name = name
+        self.settings = json.loads(json.dumps(settings))  # as read back (tuples become lists)
         self.marker = os.path.join(self.dir, "stage.json")
 
     def done(self) -> bool:
@@ -125,34 +135,36 @@ def run(cfg: DemoConfig) -> dict:
     torch.manual_seed(cfg.seed)
     data_dir = os.path.join(cfg.out, "data")
     def data_stage(d):
-        return {split: len(write_synthetic(d, split, num, cfg.resolution, cfg.seed))
+        return {split: len(write_synthetic(d, split, num, cfg.resolution, cfg.seed, scene(cfg)))
                 for split, num in (("training", cfg.num_train), ("validation", cfg.num_val))}
     # A stage's settings include those of the stages it builds on, so a change upstream redoes it.
     data = run_stage(cfg, "data", dict(n=cfg.num_train, v=cfg.num_val, r=cfg.resolution,
-                                       s=cfg.seed), data_stage)
+                                       s=cfg.seed, scene=asdict(scene(cfg))), data_stage)
 
     def pose_stage(d):  # the detector sees far more poses than the generators: on-the-fly items
         module = PoseEstimatorModule(PoseNetwork())
         data = PoseDataModule(train=SyntheticPoseDataset(
             cfg.pose_steps * 32, seed=cfg.seed + 1, split="training", resolution=cfg.resolution,
-            flip_p=0.5), batch_size=min(32, 2 * cfg.batch_size))
+            flip_p=0.5, scene=scene(cfg)), batch_size=min(32, 2 * cfg.batch_size))
         t = trainer(cfg, "pose", cfg.pose_steps)
         t.fit(module, data)
         t.save_checkpoint(os.path.join(d, "pose.ckpt"))
         return {"checkpoint": os.path.join(d, "pose.ckpt")}
-    pose = run_stage(cfg, "pose", dict(steps=cfg.pose_steps, r=cfg.resolution, s=cfg.seed),
-                     pose_stage)
+    pose = run_stage(cfg, "pose", dict(steps=cfg.pose_steps, r=cfg.resolution, s=cfg.seed,
+                                       scene=asdict(scene(cfg))), pose_stage)
 
     def vae_stage(d):
         train, _ = datasets(cfg, data_dir, 0.0)
-        module = AutoencoderModule(tiny_vae(seed=cfg.seed))
+        module = AutoencoderModule(tiny_vae((16, 32, 64), cfg.seed, mid_attention=False),
+                                   init_logvar=-6.0)
         trainer(cfg, "vae", cfg.vae_steps).fit(module, PoseDataModule(
             train=train, batch_size=cfg.batch_size))
         module.vae.save_pretrained(d)
         images = torch.stack([train[i].image for i in range(min(64, len(train)))])
         scale = module.latent_scale(images)
         return {"vae_dir": d, "latent_scale": scale}
-    vae = run_stage(cfg, "vae", dict(steps=cfg.vae_steps, data=data["settings"]), vae_stage)
+    vae = run_stage(cfg, "vae", dict(steps=cfg.vae_steps, arch="16-32-64/no-attn/logvar-6",
+                                     data=data["settings"]), vae_stage)
 
     def base_stage(d):
         train, _ = datasets(cfg, data_dir, 0.1)

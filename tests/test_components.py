@@ -33,3 +33,15 @@ def test_text_encoder_from_a_clip_checkpoint(tmp_path):
     torch.save({"transformer.bogus": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not a CLIP text tower"):
         OpenCLIPTextEncoder(text_cfg=TINY_TEXT, weights=str(tmp_path / "bad.pt"))
+
+
+def test_autoencoder_init_logvar_starts_with_a_narrow_posterior():
+    from grpose.diffusion.autoencoder import AutoencoderModule
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    wide = tiny_vae((8, 16), seed=0).encode(images).latent_dist.std.mean()
+    module = AutoencoderModule(tiny_vae((8, 16), seed=0, mid_attention=False), init_logvar=-6.0)
+    std = module.vae.encode(images).latent_dist.std
+    assert torch.allclose(std, torch.full_like(std, 0.0498), atol=1e-3) and wide > 0.3
+    rec, _ = module.losses(images)
+    rec.backward()  # the log-variance still learns
+    assert module.vae.quant_conv.weight.grad[4:].abs().sum() > 0

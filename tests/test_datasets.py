@@ -7,6 +7,7 @@ import torch
 from grpose.data import (HumanArtDataset, LaionHumanDataset, PoseDataModule,
                          SyntheticPoseDataset, collate_pose_samples)
 from grpose.data.humanart import protocol_subset
+from grpose.data.synthetic import Scene
 from grpose.data.render import render_pose, to_model_range
 
 
@@ -72,6 +73,24 @@ def test_synthetic_deterministic_and_any_resolution():
                           a[0].keypoints[..., :2][a[0].keypoints[..., 2] > 0], atol=1e-3)
     counts = [a[i].keypoints.shape[0] for i in range(8)]
     assert max(counts) >= 2 and "people" in a[1].caption or "person" in a[1].caption
+
+
+def test_synthetic_scene_sets_people_count_and_size():
+    one_big = Scene(people_weights=(1.0,), size_range=(0.7, 0.9), occluder_p=0.0)
+    ds = SyntheticPoseDataset(12, seed=5, split="val", resolution=64, scene=one_big)
+    for i in range(12):
+        kp = ds[i].keypoints
+        assert kp.shape[0] == 1 and ("one person" in ds[i].caption)
+        seen = kp[0, kp[0, :, 2] > 0, :2]
+        height = float(seen[:, 1].max() - seen[:, 1].min())  # eyes to ankles: most of the height
+        assert 0.5 * 64 < height < 0.9 * 64
+    default = SyntheticPoseDataset(12, seed=5, split="val", resolution=64)
+    assert max(default[i].keypoints.shape[0] for i in range(12)) > 1
+    for bad, field in ((dict(people_weights=(1, 1, 1, 1)), "people_weights"),
+                       (dict(size_range=(0.9, 0.5)), "size_range"),
+                       (dict(occluder_p=1.5), "occluder_p")):
+        with pytest.raises(ValueError, match=field):
+            Scene(**bad)
 
 
 def test_synthetic_round_trip_through_mapping_layout(tmp_path):

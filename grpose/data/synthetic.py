@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -36,6 +37,26 @@ ARM_POSES = (("down", 0.15, (0.0, 0.3)), ("out", 1.55, (0.0, 0.5)),
              ("up", 2.75, (0.0, 0.4)), ("bent", 0.5, (1.6, 2.3)))
 LEG_POSES = ("standing", "legs apart", "walking")
 SPLIT_IDS = {"training": 0, "validation": 1}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What a synthetic image may hold: how many people (weights of 1, 2, 3), how tall (as a
+    fraction of the image side; shrunk by 0.8 when several share it), how often an occluder."""
+
+    people_weights: tuple[float, ...] = (0.5, 0.3, 0.2)
+    size_range: tuple[float, float] = (0.35, 0.85)
+    occluder_p: float = 0.2
+
+    def __post_init__(self):
+        w = self.people_weights
+        if not 1 <= len(w) <= 3 or min(w) < 0 or sum(w) <= 0:
+            raise ValueError(f"Scene.people_weights: 1-3 non-negative weights, got {w}")
+        lo, hi = self.size_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"Scene.size_range: need 0 < low <= high, got {self.size_range}")
+        if not 0 <= self.occluder_p <= 1:
+            raise ValueError(f"Scene.occluder_p must be in [0, 1], got {self.occluder_p}")
 
 
 def _unit(angle: float, lean: float) -> np.ndarray:
@@ -132,15 +153,17 @@ def _background(rng, noise_rng, res):
     return np.clip(img, 0, 255).astype(np.uint8), kind, name
 
 
-def generate_synthetic(seed: int, index: int, resolution: int, split: str = "training"):
+def generate_synthetic(seed: int, index: int, resolution: int, split: str = "training",
+                       scene: Scene = Scene()):
     """`(image uint8 (R, R, 3), people float32 (P, 17, 3), caption, meta)`, pure in its arguments."""
     split = canonical_split(split)
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
     noise_rng = np.random.default_rng([seed, SPLIT_IDS[split], index, 2])
     res = resolution
     img, scenario, bg_name = _background(rng, noise_rng, res)
-    n = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2]))
-    sizes = np.sort(rng.uniform(0.35, 0.85, n) * res * (1.0 if n == 1 else 0.8))  # far first
+    weights = np.asarray(scene.people_weights, float)
+    n = int(rng.choice(np.arange(1, len(weights) + 1), p=weights / weights.sum()))
+    sizes = np.sort(rng.uniform(*scene.size_range, n) * res * (1.0 if n == 1 else 0.8))  # far first
     slots = rng.permutation(n)
     people, words = [], []
     for k in range(n):
@@ -157,7 +180,7 @@ def generate_synthetic(seed: int, index: int, resolution: int, split: str = "tra
         kp[~visible] = (-1, -1, 0)
         people.append(kp)
         words.append(f"in {_a(colors[0])} shirt and {colors[1]} trousers {pose_words}")
-    if rng.random() < 0.2:  # an occluder in front: joints behind it are hidden
+    if rng.random() < scene.occluder_p:  # an occluder in front: joints behind it are hidden
         y0 = int(rng.uniform(0.55, 0.8) * res)
         x0, x1 = sorted((rng.uniform(0, 1, 2) * res).astype(int))
         img[y0:, x0:x1 + 1] = rng.uniform(40, 220, 3)
@@ -175,12 +198,13 @@ def generate_synthetic(seed: int, index: int, resolution: int, split: str = "tra
     return img, people.astype(np.float32), caption, meta
 
 
-def write_synthetic(out: str, split: str, num: int, resolution: int, seed: int) -> dict:
+def write_synthetic(out: str, split: str, num: int, resolution: int, seed: int,
+                    scene: Scene = Scene()) -> dict:
     """Write `num` items of a split in the HumanSD mapping + npz layout under `out`; returns the
     mapping (also written to `mapping_file_<split>.json`)."""
     mapping = {}
     for i in range(num):
-        image, people, caption, meta = generate_synthetic(seed, i, resolution, split)
+        image, people, caption, meta = generate_synthetic(seed, i, resolution, split, scene)
         img_path = meta["image_path"]
         pose_path = img_path.replace("images/", "pose/", 1).rsplit(".", 1)[0] + ".npz"
         os.makedirs(os.path.join(out, os.path.dirname(img_path)), exist_ok=True)
@@ -201,16 +225,17 @@ class SyntheticPoseDataset(PoseDataset):
         num_samples: dataset length.
         seed: content seed; with split and index it fixes each item.
         split: "training"/"train" or "validation"/"val" (disjoint content, sets augmentation).
+        scene: how many people, how large, how often occluded (`Scene`).
         **kwargs: `PoseDataset` options (resolution, flip_p, caption_dropout, pose_style, ...).
     """
 
     def __init__(self, num_samples: int = 1000, seed: int = 0, split: str = "training",
-                 train: bool | None = None, **kwargs):
+                 train: bool | None = None, scene: Scene = Scene(), **kwargs):
         self.split = canonical_split(split)
         kwargs.setdefault("min_people", 0)
         super().__init__(train=self.split in TRAIN_SPLITS.values() if train is None else train,
                          **kwargs)
-        self.num_samples, self.seed = num_samples, seed
+        self.num_samples, self.seed, self.scene = num_samples, seed, scene
 
     def __len__(self) -> int:
         return self.num_samples
@@ -219,6 +244,6 @@ class SyntheticPoseDataset(PoseDataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
         image, people, caption, meta = generate_synthetic(self.seed, index, self.resolution,
-                                                          self.split)
+                                                          self.split, self.scene)
         rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 1])
         return self.make_sample(image, people, caption, {**meta, "index": index}, rng)

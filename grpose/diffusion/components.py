@@ -71,14 +71,17 @@ def tiny_unet(block_out_channels=(32, 32, 64, 64), cross_attention_dim: int = 32
         cross_attention_dim=cross_attention_dim, attention_head_dim=8)
 
 
-def tiny_vae(block_out_channels=(32, 64, 64), seed: int = 0) -> AutoencoderKL:
-    """A small random-init KL autoencoder (4 latent channels, downsampling 2 ** (levels - 1))."""
+def tiny_vae(block_out_channels=(32, 64, 64), seed: int = 0, mid_attention: bool = True
+             ) -> AutoencoderKL:
+    """A small random-init KL autoencoder (4 latent channels, downsampling 2 ** (levels - 1));
+    `mid_attention=False` drops the mid-block self-attention (faster to train on a CPU)."""
     torch.manual_seed(seed)
     n = len(block_out_channels)
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
                          block_out_channels=tuple(block_out_channels), layers_per_block=1,
                          norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * n,
-                         up_block_types=("UpDecoderBlock2D",) * n)
+                         up_block_types=("UpDecoderBlock2D",) * n,
+                         mid_block_add_attention=mid_attention)
 
 
 class OpenCLIPTextEncoder(nn.Module):

@@ -7,6 +7,7 @@ import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from grpose.data.batch import PoseBatch
 from grpose.pose.decode import decode_people, encode_targets, match_people
@@ -27,6 +28,24 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> t
     """Mean L1 of `(B, J, 2, h, w)` vectors over the `(B, J, h, w)` cells in `mask`."""
     err = (pred - target).abs().sum(2) * mask  # (B, J, h, w)
     return err.sum() / (2 * mask.sum()).clamp(min=1)
+
+
+def degrade(images: torch.Tensor, blur_p: float, max_blur_sigma: float,
+            noise_std: float) -> torch.Tensor:
+    """Each image blurred with probability `blur_p` (Gaussian, sigma ~ U(0.3, max) pixels), then
+    Gaussian noise of std ~ U(0, noise_std) added; images `(B, 3, H, W)` in [-1, 1]."""
+    out = []
+    for image in images:
+        if blur_p > 0 and float(torch.rand(())) < blur_p:
+            sigma = 0.3 + float(torch.rand(())) * (max_blur_sigma - 0.3)
+            k = 2 * math.ceil(2.5 * sigma) + 1
+            image = gaussian_blur(image, [k, k], [sigma, sigma])
+        out.append(image)
+    images = torch.stack(out)
+    if noise_std > 0:
+        std = torch.rand(len(images), 1, 1, 1, device=images.device) * noise_std
+        images = images + std * torch.randn_like(images)
+    return images.clamp(-1, 1)
 
 
 def network_config(network: nn.Module) -> dict | None:
@@ -51,6 +70,9 @@ class PoseEstimatorModule(L.LightningModule):
             learn the vectors to its joints.
         center_threshold, joint_threshold, snap_radius, max_people: decoding (see
             `grpose.pose.decode.decode_image`), used by validation metrics and `predict_step`.
+        blur_p, max_blur_sigma, noise_std: training images are degraded (see `degrade`), so the
+            network reads poses off soft or noisy images too (e.g. generated ones): then its AP
+            on generated images measures pose, and image quality is left to FID / KID.
     """
 
     def __init__(self, network: nn.Module, lr: float = 2e-3, weight_decay: float = 1e-4,
@@ -58,7 +80,8 @@ class PoseEstimatorModule(L.LightningModule):
                  heatmap_weight: float = 1.0, offset_weight: float = 1.0,
                  refine_weight: float = 1.0, sigma: float = 1.0, offset_radius: int = 1,
                  center_threshold: float = 0.3, joint_threshold: float = 0.1,
-                 snap_radius: float = 1.5, max_people: int = 20):
+                 snap_radius: float = 1.5, max_people: int = 20, blur_p: float = 0.0,
+                 max_blur_sigma: float = 1.5, noise_std: float = 0.0):
         super().__init__()
         self.save_hyperparameters(ignore=["network"])
         self.hparams["network_config"] = network_config(network)
@@ -91,14 +114,17 @@ class PoseEstimatorModule(L.LightningModule):
                                 targets["refine_mask"]),
         }
 
-    def step(self, batch: PoseBatch) -> tuple[torch.Tensor, dict, dict]:
-        outputs = self.network(batch.image)
+    def step(self, batch: PoseBatch, augment: bool = False) -> tuple[torch.Tensor, dict, dict]:
+        hp = self.hparams
+        images = degrade(batch.image, hp.blur_p, hp.max_blur_sigma, hp.noise_std) if augment \
+            else batch.image
+        outputs = self.network(images)
         terms = self.losses(outputs, self.targets(batch, outputs))
         loss = sum(self.weights[k] * v for k, v in terms.items())
         return loss, terms, outputs
 
     def training_step(self, batch: PoseBatch, batch_idx: int) -> torch.Tensor:
-        loss, terms, _ = self.step(batch)
+        loss, terms, _ = self.step(batch, augment=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=len(batch))
         return loss
