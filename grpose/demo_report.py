@@ -98,6 +98,8 @@ def write_report(results: dict, out: str) -> None:
             "that network's pooled features (not Inception: numbers are comparable only within "
             "this table).\n\n" + "\n".join(lines) + "\n\nStage times (s): "
             + ", ".join(f"{k} {v}" for k, v in results["stage_seconds"].items())
+            + f"; this run's wall time {results['wall_seconds'] / 60:.1f} min (a reused stage "
+            "adds only its load time)"
             + "\n\nGrids (image | pose | generated | detected pose on generated): "
             "`grids/*.png`; TensorBoard: `tb/`.\n")
     with open(os.path.join(out, "results.md"), "w") as f:

@@ -77,3 +77,14 @@ def test_trainable_unet_for_base_training(tiny_parts, tiny_batch):
     assert {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad} == {"unet"}
     with pytest.raises(ValueError, match="unknown parts"):
         make_module(tiny_parts, trainable=["decoder"])
+
+
+def test_cubic_timestep_sampling_favours_high_noise(tiny_parts):
+    uniform = make_module(tiny_parts, NoPoseAdapter()).sample_timesteps(4000, "cpu")
+    cubic = make_module(tiny_parts, NoPoseAdapter(),
+                        timestep_sampling="cubic").sample_timesteps(4000, "cpu")
+    assert 0 <= int(cubic.min()) and int(cubic.max()) <= 999
+    assert abs(uniform.float().mean() - 500) < 30
+    assert abs(cubic.float().mean() - 750) < 30  # E[1 - u^3] = 3/4
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        make_module(tiny_parts, NoPoseAdapter(), timestep_sampling="cosine")

@@ -271,3 +271,14 @@ def test_short_training_finds_people_in_held_out_images(tmp_path, one_thread):
     rate = (matched >= 0.5).float().mean().item()
     print(f"held-out people found at OKS >= 0.5: {rate:.3f}, mean OKS {matched.mean():.3f}")
     assert rate >= 0.8
+
+
+def test_degrade_blurs_and_adds_noise_only_when_asked():
+    from grpose.pose.module import degrade
+    images = torch.zeros(4, 3, 16, 16)
+    images[:, :, 8, 8] = 1.0  # one bright pixel per image
+    assert torch.equal(degrade(images, 0.0, 1.5, 0.0), images)
+    blurred = degrade(images, 1.0, 1.5, 0.0)
+    assert (blurred[:, :, 8, 8] < 1.0).all() and (blurred[:, :, 8, 9] > 0).all()
+    noisy = degrade(images, 0.0, 1.5, 0.2)
+    assert not torch.equal(noisy, images) and noisy.abs().max() <= 1.0

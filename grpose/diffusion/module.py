@@ -18,6 +18,7 @@ from grpose.diffusion.sampling import NEGATIVE_PROMPT, initial_latents, sample_l
 from grpose.metrics.suite import GenerationMetrics
 
 FROZEN = ("unet", "vae", "text_encoder")
+TIMESTEP_SAMPLING = ("uniform", "cubic")
 NOT_CHECKPOINTED = ("losses.", "val_metrics.")  # frozen networks that come from the config
 
 
@@ -39,6 +40,8 @@ class PoseDiffusionModule(L.LightningModule):
             validation batches of each validation run.
         checkpoint_frozen: also store the frozen parts in checkpoints (off: they come from config).
         gradient_checkpointing: recompute the UNet's activations in the backward pass.
+        timestep_sampling: "uniform", or "cubic" (T2I-Adapter's t = (1 - u^3) T, u ~ U(0, 1):
+            more steps at high noise, where the layout a pose fixes is decided).
     """
 
     def __init__(self, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module,
@@ -50,7 +53,7 @@ class PoseDiffusionModule(L.LightningModule):
                  negative_prompt: str = NEGATIVE_PROMPT, eta: float = 0.0, seed: int = 42,
                  val_metrics: GenerationMetrics | None = None, val_metric_batches: int = 1,
                  checkpoint_frozen: bool = False,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, timestep_sampling: str = "uniform"):
         super().__init__()
         self._save_hparams()
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
@@ -61,6 +64,9 @@ class PoseDiffusionModule(L.LightningModule):
         self.losses = nn.ModuleList(losses or [])
         self.val_metrics = val_metrics
         self.trainable = list(trainable or ["adapter"])
+        if timestep_sampling not in TIMESTEP_SAMPLING:
+            raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLING}, "
+                             f"got {timestep_sampling!r}")
         unknown = set(self.trainable) - {"adapter", *FROZEN}
         if unknown:
             raise ValueError(f"trainable: unknown parts {sorted(unknown)}")
@@ -130,11 +136,17 @@ class PoseDiffusionModule(L.LightningModule):
                          down_block_additional_residuals=res.down_residuals,
                          mid_block_additional_residual=res.mid_residual).sample
 
+    def sample_timesteps(self, n: int, device) -> torch.Tensor:
+        num = self.noise_scheduler.config.num_train_timesteps
+        if self.hparams.timestep_sampling == "cubic":
+            u = torch.rand(n, device=device)
+            return ((1 - u**3) * num).long().clamp(0, num - 1)
+        return torch.randint(0, num, (n,), device=device)
+
     def diffusion_step(self, batch: PoseBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         latents = self.encode_images(batch.image)  # (B, 4, h, w)
         noise = torch.randn_like(latents)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(batch),),
-                          device=latents.device)
+        t = self.sample_timesteps(len(batch), latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         eps = self.predict_eps(noisy, t, self.encode_text(batch.captions),
                                PoseCondition.from_batch(batch))
