@@ -20,3 +20,10 @@ def test_quick_demo_end_to_end_and_stage_reuse(tmp_path, capsys):
     log = capsys.readouterr().out
     for stage in ("data", "pose", "vae", "base", "grpose", "controlnet"):
         assert f"[demo] {stage}: reusing" in log
+    assert json.loads((out / "results.json").read_text())["wall_seconds"] > 0
+    main(["--quick", "--out", str(out), "--adapter-lr", "1e-3"])  # only the adapters change
+    log = capsys.readouterr().out
+    for stage in ("data", "pose", "vae", "base"):
+        assert f"[demo] {stage}: reusing" in log
+    for stage in ("grpose", "controlnet"):
+        assert f"[demo] {stage}: reusing" not in log and f"[demo] {stage} ..." in log
