@@ -65,6 +65,8 @@ QUICK = dict(num_train=32, num_val=8, batch_size=4, pose_steps=4, vae_steps=4, b
 
 def scene(cfg: DemoConfig) -> Scene:
     """The demo's people: at 64 px a tiny autoencoder trained for minutes keeps only large ones."""
+    if not 1 <= cfg.max_people <= 3:
+        raise ValueError(f"--max-people must be 1, 2 or 3, got {cfg.max_people}")
     return Scene((0.5, 0.3, 0.2)[:cfg.max_people], (cfg.min_size, cfg.max_size),
                  occluder_p=0.2 if cfg.max_people > 1 else 0.0)
 

@@ -75,7 +75,7 @@ def test_synthetic_deterministic_and_any_resolution():
     assert max(counts) >= 2 and "people" in a[1].caption or "person" in a[1].caption
 
 
-def test_synthetic_scene_sets_people_count_and_size():
+def test_synthetic_scene_sets_people_count_and_size(tmp_path):
     one_big = Scene(people_weights=(1.0,), size_range=(0.7, 0.9), occluder_p=0.0)
     ds = SyntheticPoseDataset(12, seed=5, split="val", resolution=64, scene=one_big)
     for i in range(12):
@@ -86,6 +86,11 @@ def test_synthetic_scene_sets_people_count_and_size():
         assert 0.5 * 64 < height < 0.9 * 64
     default = SyntheticPoseDataset(12, seed=5, split="val", resolution=64)
     assert max(default[i].keypoints.shape[0] for i in range(12)) > 1
+    from tools.make_synthetic import main
+    main(["--out", str(tmp_path), "--num", "4", "--num-val", "1", "--resolution", "32",
+          "--people-weights", "1", "--size-range", "0.7", "0.9", "--occluder-p", "0"])
+    disk = HumanArtDataset(str(tmp_path), "train", layout="mapping", resolution=32, min_people=0)
+    assert all(disk[i].keypoints.shape[0] == 1 for i in range(4))
     for bad, field in ((dict(people_weights=(1, 1, 1, 1)), "people_weights"),
                        (dict(size_range=(0.9, 0.5)), "size_range"),
                        (dict(occluder_p=1.5), "occluder_p")):

@@ -155,7 +155,7 @@ def _background(rng, noise_rng, res):
 
 def generate_synthetic(seed: int, index: int, resolution: int, split: str = "training",
                        scene: Scene = Scene()):
-    """`(image uint8 (R, R, 3), people float32 (P, 17, 3), caption, meta)`, pure in its arguments."""
+    """`(image uint8 (R, R, 3), people float32 (P, 17, 3), caption, meta)`, pure in its args."""
     split = canonical_split(split)
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
     noise_rng = np.random.default_rng([seed, SPLIT_IDS[split], index, 2])
@@ -163,7 +163,8 @@ def generate_synthetic(seed: int, index: int, resolution: int, split: str = "tra
     img, scenario, bg_name = _background(rng, noise_rng, res)
     weights = np.asarray(scene.people_weights, float)
     n = int(rng.choice(np.arange(1, len(weights) + 1), p=weights / weights.sum()))
-    sizes = np.sort(rng.uniform(*scene.size_range, n) * res * (1.0 if n == 1 else 0.8))  # far first
+    sizes = rng.uniform(*scene.size_range, n) * res * (1.0 if n == 1 else 0.8)
+    sizes = np.sort(sizes)  # far first
     slots = rng.permutation(n)
     people, words = [], []
     for k in range(n):
