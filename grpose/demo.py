@@ -28,7 +28,7 @@ from grpose.diffusion import PoseDiffusionModule
 from grpose.diffusion.autoencoder import AutoencoderModule
 from grpose.diffusion.components import (OpenCLIPTextEncoder, load_unet, load_vae, noise_scheduler,
                                          tiny_unet, tiny_vae)
-from grpose.demo_report import evaluate_methods, write_report
+from grpose.demo_report import evaluate_methods, tune_conditioning_scale, write_report
 from grpose.pose import PoseEstimatorModule, PoseNetwork
 from grpose.pose.detector import load_pose_checkpoint
 
@@ -46,12 +46,14 @@ class DemoConfig:
     max_size: float = 0.9
     seed: int = 0
     batch_size: int = 16
-    pose_steps: int = 600
-    vae_steps: int = 1000
+    num_tune: int = 16  # images (apart from the held-out ones) that pick the conditioning scale
+    pose_steps: int = 500
+    vae_steps: int = 900
     base_steps: int = 800
     adapter_steps: int = 900
     adapter_lr: float = 5e-4
-    sample_steps: int = 20
+    sample_steps: int = 15
+    scales: str = "1,1.5,2,3"  # conditioning scales tried on the tuning images
     guidance_scale: float = 2.0
     render_scale: float = 0.35  # thinner pose lines: the protocol's widths are for 512 px
 
@@ -59,7 +61,7 @@ class DemoConfig:
 # The detector also learns from blurred / noisy images, so that its AP on generated images
 # measures the pose they show rather than their sharpness (FID / KID judge image quality).
 POSE_AUGMENT = dict(blur_p=0.5, max_blur_sigma=1.5, noise_std=0.1)
-QUICK = dict(num_train=32, num_val=8, batch_size=4, pose_steps=4, vae_steps=4, base_steps=4,
+QUICK = dict(num_train=32, num_val=8, num_tune=4, scales="1,2", batch_size=4, pose_steps=4, vae_steps=4, base_steps=4,
              adapter_steps=4, sample_steps=2)
 
 
@@ -209,10 +211,23 @@ def run(cfg: DemoConfig) -> dict:
 
     _, val = datasets(cfg, data_dir, 0.0)
     network, _ = load_pose_checkpoint(pose["checkpoint"])
-    print("[demo] generating and evaluating ...", flush=True)
     evaluation_start = time.time()
-    results = evaluate_methods({n: model_for(n) for n in ("grpose", "controlnet", "no-pose")},
-                               val, network, cfg.batch_size, cfg.out)
+    models = {n: model_for(n) for n in ("grpose", "controlnet", "no-pose")}
+    # Other poses than the held-out ones (another seed) pick each adapter's conditioning scale.
+    tuning = SyntheticPoseDataset(cfg.num_tune, seed=cfg.seed + 2, split="validation",
+                                  resolution=cfg.resolution, render_scale=cfg.render_scale,
+                                  scene=scene(cfg))
+    tuned = {}
+    for name in adapters:
+        print(f"[demo] {name}: choosing the conditioning scale ...", flush=True)
+        scales = [float(s) for s in cfg.scales.split(",")]
+        best, aps = tune_conditioning_scale(models[name], tuning, network, scales,
+                                            cfg.batch_size)
+        tuned[name] = {"chosen": best, "ap": aps}
+        print(f"[demo] {name}: scale {best} (AP by scale {aps})", flush=True)
+    print("[demo] generating and evaluating ...", flush=True)
+    results = evaluate_methods(models, val, network, cfg.batch_size, cfg.out)
+    results["conditioning_scale"] = tuned
     results["config"] = asdict(cfg)
     results["stage_seconds"] = {n: Stage(cfg, n, {}).info()["seconds"]
                                 for n in ("data", "pose", "vae", "base", *adapters)}

@@ -11,6 +11,9 @@ def test_quick_demo_end_to_end_and_stage_reuse(tmp_path, capsys):
     for r in results["methods"].values():
         assert {"ap", "cap", "pce", "fid", "kid"} <= set(r)
     assert (out / "results.md").read_text().startswith("# grpose demo results")
+    for name in ("grpose", "controlnet"):  # each adapter's scale, picked on other images
+        tuned = results["conditioning_scale"][name]
+        assert set(tuned["ap"]) == {"1.0", "2.0"} and tuned["chosen"] in (1.0, 2.0)
     assert json.loads((out / "results.json").read_text())["num_images"] == 8
     assert {p.name for p in (out / "grids").iterdir()} == {
         "real_images.png", "grpose.png", "controlnet.png", "no-pose.png"}
