@@ -61,8 +61,8 @@ class DemoConfig:
 # The detector also learns from blurred / noisy images, so that its AP on generated images
 # measures the pose they show rather than their sharpness (FID / KID judge image quality).
 POSE_AUGMENT = dict(blur_p=0.5, max_blur_sigma=1.5, noise_std=0.1)
-QUICK = dict(num_train=32, num_val=8, num_tune=4, scales="1,2", batch_size=4, pose_steps=4, vae_steps=4, base_steps=4,
-             adapter_steps=4, sample_steps=2)
+QUICK = dict(num_train=32, num_val=8, num_tune=4, scales="1,2", batch_size=4, pose_steps=4,
+             vae_steps=4, base_steps=4, adapter_steps=4, sample_steps=2)
 
 
 def scene(cfg: DemoConfig) -> Scene:
@@ -141,6 +141,12 @@ def diffusion(cfg: DemoConfig, base: dict, unet: nn.Module, adapter, **kwargs):
 def run(cfg: DemoConfig) -> dict:
     torch.manual_seed(cfg.seed)
     start = time.time()
+    scene(cfg)  # bad settings fail here, not after minutes of training
+    try:
+        scales = [float(s) for s in cfg.scales.split(",")]
+    except ValueError:
+        raise ValueError(f"--scales: comma-separated numbers, got {cfg.scales!r}") from None
+
     data_dir = os.path.join(cfg.out, "data")
     def data_stage(d):
         return {split: len(write_synthetic(d, split, num, cfg.resolution, cfg.seed, scene(cfg)))
@@ -220,7 +226,6 @@ def run(cfg: DemoConfig) -> dict:
     tuned = {}
     for name in adapters:
         print(f"[demo] {name}: choosing the conditioning scale ...", flush=True)
-        scales = [float(s) for s in cfg.scales.split(",")]
         best, aps = tune_conditioning_scale(models[name], tuning, network, scales,
                                             cfg.batch_size)
         tuned[name] = {"chosen": best, "ap": aps}

@@ -30,3 +30,12 @@ def test_quick_demo_end_to_end_and_stage_reuse(tmp_path, capsys):
         assert f"[demo] {stage}: reusing" in log
     for stage in ("grpose", "controlnet"):
         assert f"[demo] {stage}: reusing" not in log and f"[demo] {stage} ..." in log
+
+
+def test_demo_rejects_bad_settings_before_training(tmp_path):
+    import pytest
+    for argv, message in ((["--scales", "1,x"], "--scales"),
+                          (["--max-people", "4"], "--max-people")):
+        with pytest.raises(ValueError, match=message):
+            main(argv + ["--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
