@@ -60,6 +60,8 @@ class DemoConfig:
 
 # The detector also learns from blurred / noisy images, so that its AP on generated images
 # measures the pose they show rather than their sharpness (FID / KID judge image quality).
+# A small, fast autoencoder whose posterior starts narrow (see AutoencoderModule.init_logvar).
+VAE = dict(channels=(16, 32, 64), mid_attention=False, init_logvar=-6.0)
 POSE_AUGMENT = dict(blur_p=0.5, max_blur_sigma=1.5, noise_std=0.1)
 QUICK = dict(num_train=32, num_val=8, num_tune=4, scales="1,2", batch_size=4, pose_steps=4,
              vae_steps=4, base_steps=4, adapter_steps=4, sample_steps=2)
@@ -170,15 +172,16 @@ def run(cfg: DemoConfig) -> dict:
 
     def vae_stage(d):
         train, _ = datasets(cfg, data_dir, 0.0)
-        module = AutoencoderModule(tiny_vae((16, 32, 64), cfg.seed, mid_attention=False),
-                                   init_logvar=-6.0)
+        module = AutoencoderModule(tiny_vae(VAE["channels"], cfg.seed,
+                                            mid_attention=VAE["mid_attention"]),
+                                   init_logvar=VAE["init_logvar"])
         trainer(cfg, "vae", cfg.vae_steps).fit(module, PoseDataModule(
             train=train, batch_size=cfg.batch_size))
         module.vae.save_pretrained(d)
         images = torch.stack([train[i].image for i in range(min(64, len(train)))])
         scale = module.latent_scale(images)
         return {"vae_dir": d, "latent_scale": scale}
-    vae = run_stage(cfg, "vae", dict(steps=cfg.vae_steps, arch="16-32-64/no-attn/logvar-6",
+    vae = run_stage(cfg, "vae", dict(steps=cfg.vae_steps, arch=VAE,
                                      data=data["settings"]), vae_stage)
 
     def base_stage(d):
