@@ -10,19 +10,28 @@ ARGS ?=
 EVAL_CONFIG ?= configs/eval/humanart.yaml
 IMAGES ?= runs/predict
 
-.PHONY: help install demo test test-all train eval bench clean
+.PHONY: help install lock demo test test-all train eval bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## set up .venv with grpose and its dependencies (idempotent)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	$(PY) -c "import grpose, dgl"
 	touch $(STAMP)
+
+lock:  ## re-resolve the dependencies in a fresh venv and pin them in constraints.txt
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install -q --upgrade pip; \
+	"$$tmp/venv/bin/python" -m pip install -q -e '.[dev]'; \
+	{ echo "# Exact versions for 'make install' (pip -c); refresh deliberately with 'make lock'."; \
+	  "$$tmp/venv/bin/python" -m pip freeze --exclude-editable; } > "$$tmp/constraints.txt"; \
+	mv "$$tmp/constraints.txt" constraints.txt
 
 demo: install  ## the main job offline: train and evaluate GRPose, ControlNet, no-pose on synthetic data (CPU)
 	$(PY) -m grpose.demo $(ARGS)

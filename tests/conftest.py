@@ -1,9 +1,13 @@
 """Shared offline fixtures: small datasets written in the real on-disk formats."""
 from __future__ import annotations
 
+import io
 import json
 import os
+import pathlib
+import pickle
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -88,6 +92,39 @@ def humanart_mapping(tmp_path):
     with open(tmp_path / "mapping_file_validation.json", "w") as f:
         json.dump(mapping, f)
     return tmp_path
+
+
+class _Touch:
+    """Unpickling this creates `marker`: stands for any code a crafted pose file could run."""
+
+    def __init__(self, marker):
+        self.marker = pathlib.Path(marker)
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def write_unsafe_npz(path, marker, nested: bool = False, protocol: int = 3) -> None:
+    """A hand-built pose npz whose `arr_0` pickle creates `marker` when unpickled.
+
+    `nested`: the payload hides in a genuine-looking object array of person dicts.
+    """
+    payload = _Touch(marker)
+    if nested:
+        payload = np.empty(1, dtype=object)
+        payload[0] = {"keypoints": _Touch(marker), "score": 1.0, "area": 0.0}
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False,
+                                               "shape": (1,)})
+    pickle.dump(payload, buf, protocol=protocol)
+    os.makedirs(os.path.dirname(str(path)) or ".", exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("arr_0.npy", buf.getvalue())
+
+
+@pytest.fixture
+def unsafe_npz():
+    return write_unsafe_npz
 
 
 # -- tiny latent-diffusion parts (random init, offline) ------------------------------------------

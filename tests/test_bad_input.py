@@ -13,7 +13,7 @@ def _mapping(root):
     return json.loads((root / "mapping_file_validation.json").read_text())
 
 
-def _break_first(root, how, person):
+def _break_first(root, how, person, unsafe_npz):
     """Break the first mapping item in one way; return (the file that must be named, kind)."""
     entry = _mapping(root)["303"]
     img, pose = root / entry["img_path"], root / entry["pose_path"]
@@ -43,11 +43,14 @@ def _break_first(root, how, person):
     if how == "eleven people":
         save_pose_npz(str(pose), np.stack([person(5 * i, 5) for i in range(11)]))
         return pose, "too many people"
+    if how == "unsafe pickle":
+        unsafe_npz(pose, root / "marker", nested=True)
+        return pose, "unsafe pickle"
     raise AssertionError(how)
 
 
 CASES = ["missing image", "unreadable image", "missing npz", "corrupt npz", "keypoint shape",
-         "nan keypoints", "zero people", "eleven people"]
+         "nan keypoints", "zero people", "eleven people", "unsafe pickle"]
 
 
 def _index_of_303(ds):
@@ -55,17 +58,18 @@ def _index_of_303(ds):
 
 
 @pytest.mark.parametrize("how", CASES)
-def test_bad_item_raises_naming_file(humanart_mapping, how, make_person):
-    path, kind = _break_first(humanart_mapping, how, make_person)
+def test_bad_item_raises_naming_file(humanart_mapping, how, make_person, unsafe_npz):
+    path, kind = _break_first(humanart_mapping, how, make_person, unsafe_npz)
     ds = HumanArtDataset(str(humanart_mapping), "val", layout="mapping", resolution=16)
     with pytest.raises(DataError) as e:
         ds[_index_of_303(ds)]
     assert str(path) in str(e.value) and e.value.kind == kind
+    assert not (humanart_mapping / "marker").exists()
 
 
 @pytest.mark.parametrize("how", CASES)
-def test_bad_item_skipped_counted_logged(humanart_mapping, how, caplog, make_person):
-    path, kind = _break_first(humanart_mapping, how, make_person)
+def test_bad_item_skipped_counted_logged(humanart_mapping, how, caplog, make_person, unsafe_npz):
+    path, kind = _break_first(humanart_mapping, how, make_person, unsafe_npz)
     ds = HumanArtDataset(str(humanart_mapping), "val", layout="mapping", resolution=16,
                          on_error="skip")
     i = _index_of_303(ds)
@@ -75,6 +79,7 @@ def test_bad_item_skipped_counted_logged(humanart_mapping, how, caplog, make_per
     assert str(s.meta["id"]) != "303" and s2.meta == s.meta
     assert ds.skipped == {kind: 1}
     assert str(path) in caplog.text
+    assert not (humanart_mapping / "marker").exists()
 
 
 def test_malformed_json_always_raises(humanart_mapping, humanart_coco):

@@ -1,8 +1,11 @@
 """Reading and checking the on-disk formats; every problem names its file."""
 from __future__ import annotations
 
+import codecs
 import json
 import os
+import pickle
+import zipfile
 
 import numpy as np
 from PIL import Image
@@ -66,43 +69,133 @@ def check_people(people, source: str, min_people: int = 0, max_people: int | Non
     return arr
 
 
-def load_pose_npz(path: str) -> np.ndarray:
-    """People from a HumanSD pose `.npz`: `arr_0` is a list of `{"keypoints": (17, 3), ...}`.
+try:
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray as _multiarray
 
-    The list of dicts is stored as a pickled object array, so `allow_pickle` is needed; only
-    open pose files you trust. A plain numeric `(P, 17, 3)` `arr_0` is accepted too.
+
+def _latin1_encode(text, encoding="latin1"):
+    """`_codecs.encode` as protocol-2 pickles use it to store bytes; latin-1 only."""
+    if encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
+        raise pickle.UnpicklingError(f"encoding {encoding!r} in a pose pickle")
+    return codecs.encode(text, "latin1")
+
+
+_SAFE_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
+    **{(module, name): getattr(_multiarray, name)
+       for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+       for name in ("_reconstruct", "scalar")},
+}
+
+
+class _UnsafePickle(Exception):
+    pass
+
+
+class _PoseUnpickler(pickle.Unpickler):
+    """Rebuilds numpy arrays, scalars and dtypes, dicts, lists, numbers and strings; nothing else."""
+
+    def find_class(self, module, name):
+        try:
+            return _SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise _UnsafePickle(f"{module}.{name}") from None
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, path: str, pickled: bool) -> np.ndarray:
+    with zf.open(name + ".npy") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            _, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            _, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise DataError(path, f"{name}: unsupported .npy version {version}", "bad pose file")
+        if not dtype.hasobject:
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+        if not pickled:
+            raise DataError(path, f"{name} is an object array", "bad pose file")
+        try:
+            arr = _PoseUnpickler(f).load()
+        except _UnsafePickle as e:
+            raise DataError(path, f"pose file holds a pickled object of type {e}",
+                            "unsafe pickle") from None
+    if not isinstance(arr, np.ndarray):
+        raise DataError(path, f"{name} is a pickled {type(arr).__name__}, not an array",
+                        "bad pose file")
+    return arr
+
+
+def _from_people_dicts(data: np.ndarray, path: str) -> dict[str, np.ndarray]:
+    people = list(data.reshape(-1))
+    for i, person in enumerate(people):
+        if not isinstance(person, dict) or "keypoints" not in person:
+            raise DataError(path, f"arr_0[{i}] is not a dict with 'keypoints'", "bad pose file")
+    kps = [np.asarray(p["keypoints"], dtype=np.float32).reshape(-1) for p in people]
+    out = {"keypoints": np.stack(kps) if kps else np.zeros((0, NUM_JOINTS * 3), np.float32)}
+    for key in ("score", "area"):
+        if all(key in p for p in people):
+            out[key] = np.array([float(p[key]) for p in people], np.float32)
+    return out
+
+
+def read_pose_npz(path: str) -> dict[str, np.ndarray]:
+    """The arrays of a pose `.npz`, read without running any code from the file.
+
+    Reads HumanSD's `arr_0` (a pickled object array of `{"keypoints": (17, 3), "score", "area"}`
+    dicts, or a plain numeric `(P, 17, 3)` array) and the pickle-free format of
+    `tools/convert_poses.py` (`keypoints (P, 17, 3)`, `score (P,)`, `area (P,)`). Pickles may
+    only rebuild numpy arrays, dicts, lists, numbers and strings; anything else raises a
+    `DataError` of kind "unsafe pickle". Returns `keypoints` (unchecked: see `check_people`)
+    and `score` / `area` where the file has them.
     """
     if not os.path.isfile(path):
         raise DataError(path, "pose file not found", "missing pose file")
     try:
-        with np.load(path, allow_pickle=True) as z:
-            if "arr_0" not in z:
-                raise DataError(path, f"no 'arr_0' array (keys: {sorted(z.files)})", "bad pose file")
-            data = z["arr_0"]
+        with zipfile.ZipFile(path) as zf:
+            names = sorted(n[:-4] for n in zf.namelist() if n.endswith(".npy"))
+            if "keypoints" in names:
+                return {k: _read_member(zf, k, path, pickled=False)
+                        for k in ("keypoints", "score", "area") if k in names}
+            if "arr_0" not in names:
+                raise DataError(path, f"no 'arr_0' or 'keypoints' array (keys: {names})",
+                                "bad pose file")
+            data = _read_member(zf, "arr_0", path, pickled=True)
+            if data.dtype != object:
+                return {"keypoints": np.asarray(data, dtype=np.float32)}
+            return _from_people_dicts(data, path)
     except DataError:
         raise
     except Exception as e:  # zipfile, pickle and format errors all mean an unreadable file
         raise DataError(path, f"unreadable pose npz ({type(e).__name__}: {e})",
                         "bad pose file") from None
-    if data.dtype != object:
-        return np.asarray(data, dtype=np.float32)
-    people = []
-    for i, person in enumerate(data.reshape(-1)):
-        if not isinstance(person, dict) or "keypoints" not in person:
-            raise DataError(path, f"arr_0[{i}] is not a dict with 'keypoints'", "bad pose file")
-        people.append(np.asarray(person["keypoints"], dtype=np.float32).reshape(-1))
-    return np.stack(people) if people else np.zeros((0, NUM_JOINTS * 3), np.float32)
+
+
+def load_pose_npz(path: str) -> np.ndarray:
+    """The keypoints of a pose `.npz` (either format of `read_pose_npz`), unchecked."""
+    return read_pose_npz(path)["keypoints"]
+
+
+def person_areas(people: np.ndarray) -> np.ndarray:
+    """`(P,)` area of each person's visible-keypoint box, as HumanSD's `area`."""
+    areas = []
+    for kp in np.asarray(people, dtype=np.float32).reshape(-1, NUM_JOINTS, 3):
+        vis = kp[kp[:, 2] > 0]
+        areas.append(float(np.ptp(vis[:, 0]) * np.ptp(vis[:, 1])) if len(vis) else 0.0)
+    return np.array(areas, np.float32)
 
 
 def save_pose_npz(path: str, people: np.ndarray, scores=None) -> None:
     """Write people in the HumanSD pose `.npz` format (list of per-person dicts)."""
     people = np.asarray(people, dtype=np.float32).reshape(-1, NUM_JOINTS, 3)
-    entries = []
-    for i, kp in enumerate(people):
-        vis = kp[kp[:, 2] > 0]
-        area = float(np.ptp(vis[:, 0]) * np.ptp(vis[:, 1])) if len(vis) else 0.0
-        score = 1.0 if scores is None else float(scores[i])
-        entries.append({"keypoints": kp, "score": score, "area": area})
+    areas = person_areas(people)
+    entries = [{"keypoints": kp, "score": 1.0 if scores is None else float(scores[i]),
+                "area": float(areas[i])} for i, kp in enumerate(people)]
     arr = np.empty(len(entries), dtype=object)
     arr[:] = entries
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
