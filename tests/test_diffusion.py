@@ -8,6 +8,10 @@ from grpose.diffusion import PoseDiffusionModule
 from grpose.diffusion.components import noise_scheduler
 from grpose.diffusion.losses import pose_weighted_mse
 
+# Batched and single float32 kernels round differently; through the sampling steps and the VAE
+# the images (in [-1, 1]) differ by ~30 eps (measured, also in float64): 1e3 eps leaves 30x.
+BATCH_ATOL = 1e3 * torch.finfo(torch.float32).eps
+
 
 def make_module(tiny_parts, adapter=None, **kwargs):
     unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
@@ -67,7 +71,7 @@ def test_sampling_deterministic_per_seed(tiny_parts, tiny_batch):
     single = m.generate(type(tiny_batch)(tiny_batch.image[1:2], tiny_batch.pose_image[1:2],
                                          tiny_batch.keypoints[1:2], tiny_batch.person_mask[1:2],
                                          tiny_batch.captions[1:2], tiny_batch.meta[1:2]))
-    assert torch.allclose(single[0], a[1], atol=1e-5)  # the item's seed, not its batch slot
+    assert torch.allclose(single[0], a[1], rtol=0, atol=BATCH_ATOL)  # the item's seed, not its slot
     other = m.generate(tiny_batch, seeds=[1, 2, 3])
     assert not torch.equal(other, a)
 

@@ -97,7 +97,9 @@ class ImageQuality(Metric):
     counts each image id once per side (DDP samplers repeat images to pad the last batch;
     images without ids always count), feeds the features to every distance and returns
     `{"fid", "kid_mean", "kid_std"}`, plus `"fid64"` when the extractor gives the 64-d
-    features too. KID is unscaled (the papers print it x100 or x1000).
+    features too. KID is unscaled (the papers print it x100 or x1000). The distances are computed
+    in float64 (results too), so the order the images arrive in (DDP's gather, KID's subset
+    permutations) moves them by float64 rounding only.
 
     Args:
         extractor: module mapping the images given to `update` to features `(N, D)`, or to a
@@ -159,10 +161,10 @@ class ImageQuality(Metric):
         self.update(images, real, ids)
 
     def _unique(self, side: str) -> list[Tensor]:
-        """Features `(n, D)` (and `(n, d)`) of the side's images, each id once."""
+        """Features `(n, D)` (and `(n, d)`) of the side's images, each id once, as float64."""
         ids, *features = (dim_zero_cat(getattr(self, name)) for name in self._state_names(side))
         keep = first_occurrences(ids)
-        return [f[keep] for f in features]
+        return [f[keep].double() for f in features]
 
     def compute(self) -> dict[str, Tensor]:
         """FID, FID-64 and KID (mean, std over subsets) of the images seen, each id once."""
