@@ -21,7 +21,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
-	$(PY) -c "import grpose, dgl"
+	$(PY) -c "import grpose.graph, dgl"
 	touch $(STAMP)
 
 lock:  ## re-resolve the dependencies in a fresh venv and pin them in constraints.txt

@@ -1,5 +1,6 @@
-"""grpose: pose-guided human image generation on Stable Diffusion (GRPose and baselines)."""
-# Importing the graph backend first makes a later plain `import dgl` work too (see its docstring).
-import grpose.graph.backend  # noqa: F401
+"""grpose: pose-guided human image generation on Stable Diffusion (GRPose and baselines).
 
+Packages in data-flow order (each imports only earlier ones): data -> pose -> graph -> methods
+-> diffusion -> metrics -> callbacks -> demo, cli.
+"""
 __version__ = "0.1.0"

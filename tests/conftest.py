@@ -148,3 +148,13 @@ def tiny_batch():
     from grpose.data import SyntheticPoseDataset, collate_pose_samples
     ds = SyntheticPoseDataset(3, seed=0, split="val", resolution=TINY_RES)
     return collate_pose_samples([ds[i] for i in range(3)])
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests are skipped on machines without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -3,49 +3,38 @@ import copy
 import pytest
 import torch
 
-from grpose.adapters import ControlNetAdapter, NoPoseAdapter, PoseCondition
+from grpose.data.render import pose_mask
+
 from grpose.diffusion import PoseDiffusionModule
-from grpose.diffusion.components import noise_scheduler
-from grpose.diffusion.losses import pose_weighted_mse
+from grpose.diffusion.components import noise_scheduler, tiny_unet
+from grpose.diffusion.losses import LossTerm, pose_weighted_mse
+from grpose.methods import ControlNet, NoPose
 
 # Batched and single float32 kernels round differently; through the sampling steps and the VAE
 # the images (in [-1, 1]) differ by ~30 eps (measured, also in float64): 1e3 eps leaves 30x.
 BATCH_ATOL = 1e3 * torch.finfo(torch.float32).eps
 
 
-def make_module(tiny_parts, adapter=None, **kwargs):
+def make_module(tiny_parts, method=None, **kwargs):
     unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
-    adapter = adapter or ControlNetAdapter(conditioning_channels=(8, 16, 32))
+    method = method or ControlNet(conditioning_channels=(8, 16, 32))
     kwargs.setdefault("num_inference_steps", 3)
-    return PoseDiffusionModule(unet, vae, text, adapter, noise_scheduler(), **kwargs)
+    return PoseDiffusionModule(unet, vae, text, method, noise_scheduler(), **kwargs)
 
 
-@pytest.mark.parametrize("adapter", [NoPoseAdapter(), ControlNetAdapter((8, 16, 32))],
-                         ids=["nopose", "controlnet"])
-def test_zero_init_leaves_unet_unchanged(tiny_parts, tiny_batch, adapter):
-    m = make_module(tiny_parts, adapter)
-    latents = m.encode_images(tiny_batch.image)
-    t = torch.tensor([10, 500, 990])
-    text = m.encode_text(tiny_batch.captions)
-    with torch.no_grad():
-        plain = m.unet(latents, t, encoder_hidden_states=text).sample
-        adapted = m.predict_eps(latents, t, text, PoseCondition.from_batch(tiny_batch))
-    assert torch.equal(plain, adapted)
-
-
-def test_only_adapter_trains_and_frozen_parts_stay_eval(tiny_parts, tiny_batch):
+def test_only_method_trains_and_frozen_parts_stay_eval(tiny_parts, tiny_batch):
     m = make_module(tiny_parts)
     trainable = {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
-    assert trainable == {"adapter"}
+    assert trainable == {"method"}
     opt = m.configure_optimizers()
     n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
-    assert n_opt == sum(p.numel() for p in m.adapter.parameters())
+    assert n_opt == sum(p.numel() for p in m.method.parameters())
     m.train()
     assert not (m.unet.training or m.vae.training or m.text_encoder.training)
-    assert m.adapter.training
+    assert m.method.training
     loss, _ = m.diffusion_step(tiny_batch)
     loss.backward()
-    grads = {n.split(".")[1] for n, p in m.adapter.named_parameters()
+    grads = {n.split(".")[1] for n, p in m.method.named_parameters()
              if p.grad is not None and p.grad.abs().sum() > 0}
     # at zero init only the zero convs get gradient; they are the path to everything else
     assert {"controlnet_down_blocks", "controlnet_mid_block"} <= grads
@@ -55,12 +44,37 @@ def test_only_adapter_trains_and_frozen_parts_stay_eval(tiny_parts, tiny_batch):
 def test_pose_weighted_loss():
     eps, noise = torch.zeros(1, 4, 8, 8), torch.ones(1, 4, 8, 8)
     blank = torch.full((1, 3, 32, 32), -1.0)
-    assert pose_weighted_mse(eps, noise, blank, alpha=5.0) == 1.0  # no pose: plain MSE
+    assert pose_weighted_mse(eps, noise, pose_mask(blank, size=(8, 8)), alpha=5.0) == 1.0
     pose = blank.clone()
     pose[:, :, 14:18, 14:18] = 1.0
-    weighted = pose_weighted_mse(eps, noise, pose, alpha=5.0)
-    assert 1.0 < weighted < 5.0
-    assert pose_weighted_mse(eps, noise, pose, alpha=1.0) == 1.0
+    mask = pose_mask(pose, size=(8, 8))
+    weighted = pose_weighted_mse(eps, noise, mask, alpha=5.0)
+    assert weighted == pytest.approx(1 + 4 * mask.mean().item())  # alpha inside, 1 outside
+    assert pose_weighted_mse(eps, noise, mask, alpha=1.0) == 1.0
+
+
+class Constant(LossTerm):
+    def forward(self, step):
+        value = step.eps_pred.sum() * 0 + 2.0
+        return value, {"constant": value.detach()}
+
+
+def test_main_loss_is_a_replaceable_term(tiny_parts, tiny_batch):
+    torch.manual_seed(0)
+    loss, logs = make_module(tiny_parts, loss=Constant(weight=3.0)).diffusion_step(tiny_batch)
+    assert loss.item() == 6.0 and set(logs) == {"constant"}
+    torch.manual_seed(0)
+    loss, logs = make_module(tiny_parts, losses=[Constant(0.5)]).diffusion_step(tiny_batch)
+    assert set(logs) == {"diffusion", "constant"}
+    assert loss.item() == pytest.approx(logs["diffusion"].item() + 1.0)
+
+
+def test_builders_leave_the_global_rng_alone():
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    tiny_unet(seed=0)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_sampling_deterministic_per_seed(tiny_parts, tiny_batch):
@@ -77,18 +91,18 @@ def test_sampling_deterministic_per_seed(tiny_parts, tiny_batch):
 
 
 def test_trainable_unet_for_base_training(tiny_parts, tiny_batch):
-    m = make_module(tiny_parts, NoPoseAdapter(), trainable=["unet"], pose_loss_alpha=1.0)
+    m = make_module(tiny_parts, NoPose(), trainable=["unet"])
     assert {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad} == {"unet"}
     with pytest.raises(ValueError, match="unknown parts"):
         make_module(tiny_parts, trainable=["decoder"])
 
 
 def test_cubic_timestep_sampling_favours_high_noise(tiny_parts):
-    uniform = make_module(tiny_parts, NoPoseAdapter()).sample_timesteps(4000, "cpu")
-    cubic = make_module(tiny_parts, NoPoseAdapter(),
+    uniform = make_module(tiny_parts, NoPose()).sample_timesteps(4000, "cpu")
+    cubic = make_module(tiny_parts, NoPose(),
                         timestep_sampling="cubic").sample_timesteps(4000, "cpu")
     assert 0 <= int(cubic.min()) and int(cubic.max()) <= 999
     assert abs(uniform.float().mean() - 500) < 30
     assert abs(cubic.float().mean() - 750) < 30  # E[1 - u^3] = 3/4
     with pytest.raises(ValueError, match="timestep_sampling"):
-        make_module(tiny_parts, NoPoseAdapter(), timestep_sampling="cosine")
+        make_module(tiny_parts, NoPose(), timestep_sampling="cosine")

@@ -79,13 +79,13 @@ def test_detections_that_miss_lower_ap(tmp_path):
 def test_validation_logs_generation_metrics(tiny_parts, tiny_batch):
     import lightning as L
 
-    from grpose.adapters import NoPoseAdapter
     from grpose.data import PoseDataModule
     from grpose.diffusion import PoseDiffusionModule
     from grpose.diffusion.components import noise_scheduler
+    from grpose.methods import NoPose
     unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
     metrics = GenerationMetrics(LookupDetector({}))
-    m = PoseDiffusionModule(unet, vae, text, NoPoseAdapter(), noise_scheduler(),
+    m = PoseDiffusionModule(unet, vae, text, NoPose(), noise_scheduler(),
                             num_inference_steps=2, val_metrics=metrics, val_metric_batches=1)
     data = PoseDataModule(val=SyntheticPoseDataset(4, split="val", resolution=64),
                           eval_batch_size=2)

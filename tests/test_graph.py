@@ -9,15 +9,36 @@ from diffusers.models.resnet import ResnetBlock2D
 
 from grpose.data.skeletons import NUM_JOINTS
 from grpose.graph.backend import dgl
-from grpose.graph.feature import (FeatureGraphBlock, brute_force_knn, edge_conv_from_neighbours,
-                                  knn_neighbours, knn_pixel_graph)
-from grpose.graph.pgi_stages import (SkeletonPGIStage, sample_at_points, splat, splat_weights,
-                                     to_feature_grid)
+import torch.nn.functional as F
+
+from grpose.graph.feature import (FeatureGraphBlock, edge_conv_from_neighbours, knn_neighbours,
+                                  knn_pixel_graph)
 from grpose.graph.skeleton import (BONES, PART_BONES, PART_OF_JOINT, SkeletonHierarchy,
-                                   SkeletonMessagePassing, build_skeleton_graph,
-                                   dense_message_passing)
+                                   SkeletonMessagePassing, build_skeleton_graph)
+from grpose.methods.grpose.skeleton import (SkeletonPGIStage, sample_at_points, splat,
+                                            splat_weights, to_feature_grid)
 
 MISSING = torch.tensor([-1.0, -1.0, 0.0])
+
+
+def brute_force_knn(nodes: torch.Tensor, k: int, segments: list[int]) -> set[tuple[int, int]]:
+    """The `(src, dst)` edge set `knn_pixel_graph` should build, by full distance matrices."""
+    edges, start = set(), 0
+    for size in segments:
+        unit = F.normalize(nodes[start:start + size].float(), dim=-1)  # (S, C)
+        nearest = torch.cdist(unit, unit).topk(k, largest=False).indices  # (S, k)
+        edges |= {(start + int(j), start + i) for i, row in enumerate(nearest) for j in row}
+        start += size
+    return edges
+
+
+def dense_message_passing(layer: SkeletonMessagePassing, x: torch.Tensor,
+                          adjacency: torch.Tensor) -> torch.Tensor:
+    """`layer`'s computation from a dense `adjacency (N, N)`, `adjacency[i, j] = 1` for an edge
+    j -> i ."""
+    h = layer.norm(x)
+    degree = adjacency.sum(1, keepdim=True).clamp(min=1)  # (N, 1)
+    return layer.combine(x, h, adjacency @ layer.message(h) / degree)
 
 
 def _person(seed: int, present=range(NUM_JOINTS)) -> torch.Tensor:
@@ -122,9 +143,9 @@ def test_skeleton_graph_stays_on_cpu_with_indices_and_passing_off_it(mixed_pose)
     out = SkeletonHierarchy(8).to("meta")(graph, torch.randn(38, 8, device="meta"))
     assert out.shape == (38, 8) and out.device.type == "meta"
     resnet = ResnetBlock2D(in_channels=8, out_channels=16, temb_channels=12, groups=4)
-    stage = SkeletonPGIStage(resnet, 8, 16, node_dim=8).to("meta")
-    stage.context = (graph, (64, 64))
-    out = stage(torch.randn(3, 8, 16, 16, device="meta"), torch.randn(3, 12, device="meta"))
+    stage = SkeletonPGIStage(resnet, node_dim=8).to("meta")
+    out = stage(torch.randn(3, 8, 16, 16, device="meta"), torch.randn(3, 12, device="meta"),
+                (graph, (64, 64)))
     assert out.shape == (3, 16, 16, 16)
 
 
@@ -222,11 +243,11 @@ def test_splat_covers_joints_and_bones(mixed_pose):
 
 def test_skeleton_stage_adds_nothing_to_images_without_people(mixed_pose):
     resnet = ResnetBlock2D(in_channels=8, out_channels=16, temb_channels=12, groups=4)
-    stage = SkeletonPGIStage(resnet, 8, 16, node_dim=8, sigma=1.0)
+    stage = SkeletonPGIStage(resnet, node_dim=8, sigma=1.0)
     torch.nn.init.normal_(stage.out_conv.weight, std=0.1)
-    stage.context = (build_skeleton_graph(*mixed_pose), (64, 64))
     x, temb = torch.randn(3, 8, 16, 16), torch.randn(3, 12)
-    out, plain = stage(x, temb), resnet(x, temb)
+    out = stage(x, temb, (build_skeleton_graph(*mixed_pose), (64, 64)))
+    plain = resnet(x, temb)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out[0], plain[0])
     assert not torch.allclose(out[1:], plain[1:])

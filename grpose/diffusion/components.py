@@ -6,6 +6,7 @@ No function here reaches a model hub: real weights come from explicit local path
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import open_clip
 import torch
@@ -56,32 +57,41 @@ def ddim_scheduler(**overrides) -> DDIMScheduler:
                             **overrides})
 
 
+@contextmanager
+def seeded(seed: int):
+    """Random init from `seed` inside the block; the global RNG state is restored afterwards (so
+    a builder never changes what `seed_everything` set for everything else)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def tiny_unet(block_out_channels=(32, 32, 64, 64), cross_attention_dim: int = 32,
               sample_size: int = 16, layers_per_block: int = 1, seed: int = 0
               ) -> UNet2DConditionModel:
     """A small random-init UNet with SD 1.5's block structure (4 levels, cross-attention in the
     first three), for tests and the CPU demo."""
-    torch.manual_seed(seed)
     n = len(block_out_channels)
-    return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=layers_per_block,
-        block_out_channels=tuple(block_out_channels), norm_num_groups=8,
-        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=8)
+    with seeded(seed):
+        return UNet2DConditionModel(
+            sample_size=sample_size, in_channels=4, out_channels=4,
+            layers_per_block=layers_per_block, block_out_channels=tuple(block_out_channels),
+            norm_num_groups=8, down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+            cross_attention_dim=cross_attention_dim, attention_head_dim=8)
 
 
 def tiny_vae(block_out_channels=(32, 64, 64), seed: int = 0, mid_attention: bool = True
              ) -> AutoencoderKL:
     """A small random-init KL autoencoder (4 latent channels, downsampling 2 ** (levels - 1));
     `mid_attention=False` drops the mid-block self-attention (faster to train on a CPU)."""
-    torch.manual_seed(seed)
     n = len(block_out_channels)
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                         block_out_channels=tuple(block_out_channels), layers_per_block=1,
-                         norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * n,
-                         up_block_types=("UpDecoderBlock2D",) * n,
-                         mid_block_add_attention=mid_attention)
+    with seeded(seed):
+        return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                             block_out_channels=tuple(block_out_channels), layers_per_block=1,
+                             norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * n,
+                             up_block_types=("UpDecoderBlock2D",) * n,
+                             mid_block_add_attention=mid_attention)
 
 
 class OpenCLIPTextEncoder(nn.Module):
@@ -104,9 +114,10 @@ class OpenCLIPTextEncoder(nn.Module):
         cfg = {**model_cfg["text_cfg"], **(text_cfg or {})}
         cfg = {k: v for k, v in cfg.items() if k in ("context_length", "vocab_size", "width",
                                                       "heads", "layers", "mlp_ratio")}
-        torch.manual_seed(seed)
-        self.tower = TextTransformer(**cfg, output_dim=model_cfg["embed_dim"], output_tokens=True,
-                                     act_layer=QuickGELU if model_cfg.get("quick_gelu") else nn.GELU)
+        with seeded(seed):
+            self.tower = TextTransformer(
+                **cfg, output_dim=model_cfg["embed_dim"], output_tokens=True,
+                act_layer=QuickGELU if model_cfg.get("quick_gelu") else nn.GELU)
         self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=cfg["context_length"])
         self.width = cfg["width"]
         if weights is not None:

@@ -1,4 +1,5 @@
-"""Diffusion losses: the pose-weighted eps loss and the hook for extra loss terms."""
+"""Diffusion losses as swappable terms: the main eps loss (`PoseWeightedMSE` by default) and
+extra terms such as GRPose's pose perception loss, each `forward(step) -> (loss, logs)`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,19 +8,22 @@ import torch
 from torch import nn
 
 from grpose.data.batch import PoseBatch
-from grpose.data.render import pose_mask
+from grpose.data.condition import PoseCondition
+from grpose.pose.decode import encode_targets
+from grpose.pose.detector import load_pose_checkpoint
 
 
 @dataclass
 class DiffusionStep:
-    """Everything one training step computed, handed to extra loss terms."""
+    """Everything one training step computed, handed to the loss terms."""
 
     batch: PoseBatch
+    cond: PoseCondition  # the pose condition, masks on the latent grid
     latents: torch.Tensor  # (B, 4, h, w) clean, scaled latents
     noise: torch.Tensor  # (B, 4, h, w)
     noisy_latents: torch.Tensor  # (B, 4, h, w)
     timesteps: torch.Tensor  # (B,)
-    eps_pred: torch.Tensor  # (B, 4, h, w), carries the adapter's gradient
+    eps_pred: torch.Tensor  # (B, 4, h, w), carries the method's gradient
     alphas_cumprod: torch.Tensor  # (T,) of the noise schedule, on the latents' device
     vae: nn.Module
     latent_scale: float
@@ -31,7 +35,7 @@ class DiffusionStep:
 
 
 class LossTerm(nn.Module):
-    """An extra loss term: `forward(step) -> (loss, logs)`; weighted by `weight` in the total."""
+    """A loss term: `forward(step) -> (loss, logs)`; weighted by `weight` in the total."""
 
     def __init__(self, weight: float = 1.0):
         super().__init__()
@@ -41,14 +45,86 @@ class LossTerm(nn.Module):
         raise NotImplementedError
 
 
-def pose_weighted_mse(eps_pred: torch.Tensor, noise: torch.Tensor, pose_image: torch.Tensor,
-                      alpha: float = 5.0, kernel_size: int = 13) -> torch.Tensor:
-    """`mean((alpha * m + (1 - m)) * (eps - eps_hat) ** 2)`, m = fine pose mask on the latent grid.
-
-    alpha = 1 is the plain MSE.
-    """
+def pose_weighted_mse(eps_pred: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor,
+                      alpha: float = 5.0) -> torch.Tensor:
+    """`mean((alpha * m + (1 - m)) * (eps - eps_hat) ** 2)` with `mask (B, 1, h, w)` = m."""
     err = (eps_pred.float() - noise.float()) ** 2  # (B, 4, h, w)
     if alpha == 1.0:
         return err.mean()
-    m = pose_mask(pose_image, kernel_size, size=tuple(err.shape[-2:]))  # (B, 1, h, w)
+    m = mask.to(err.dtype)
     return ((alpha * m + (1 - m)) * err).mean()
+
+
+class PoseWeightedMSE(LossTerm):
+    """The eps loss of Stable-Pose / GRPose: the squared error weighted by `alpha` inside the
+    fine pose mask (kernel 13) of the condition; `alpha = 1` is the plain MSE. Logged as
+    `diffusion`."""
+
+    def __init__(self, alpha: float = 5.0, weight: float = 1.0):
+        super().__init__(weight)
+        self.alpha = alpha
+
+    def forward(self, step: DiffusionStep) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = pose_weighted_mse(step.eps_pred, step.noise, step.cond.fine_mask, self.alpha)
+        return loss, {"diffusion": loss.detach()}
+
+
+class PosePerceptionLoss(LossTerm):
+    """`weight * mean_b(alpha_bar_t * ||f(D(x0_hat)) - f(x)||^2)` with a frozen pose network f.
+
+    x0_hat = (x_t - sqrt(1 - a_t) eps_hat) / sqrt(a_t) is decoded by the VAE with gradient, so
+    the loss reaches the adapter through eps_hat. The target is the pose network's output on the
+    real image (or, with `target="pose"`, nothing but its `heatmaps` against the rendered
+    Gaussians of the conditioning keypoints is compared).
+
+    Args:
+        checkpoint: a `PoseEstimatorModule` checkpoint (or give `network`).
+        network: the pose network itself (`forward(images) -> dict of maps`).
+        weight: weight in the total loss (the release: 0.5).
+        keys: which outputs of the network to compare ("features", "heatmaps", ...).
+        target: "image" (the network on the real image) or "pose" (keypoint heatmaps).
+        max_timestep: apply only where t < max_timestep (None: every step).
+    """
+
+    def __init__(self, checkpoint: str | None = None, network: nn.Module | None = None,
+                 weight: float = 0.5, keys: tuple[str, ...] = ("features", "heatmaps"),
+                 target: str = "image", max_timestep: int | None = None):
+        super().__init__(weight)
+        if (network is None) == (checkpoint is None):
+            raise ValueError("PosePerceptionLoss needs exactly one of `checkpoint` and `network`")
+        if target not in ("image", "pose"):
+            raise ValueError(f"target must be 'image' or 'pose', got {target!r}")
+        self.network = network if network is not None else load_pose_checkpoint(checkpoint)[0]
+        self.network.requires_grad_(False).eval()
+        self.keys = ("heatmaps",) if target == "pose" else tuple(keys)
+        self.target, self.max_timestep = target, max_timestep
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # the pose network stays in eval mode
+
+    def _reference(self, step: DiffusionStep, keep: torch.Tensor, like: dict) -> dict:
+        if self.target == "image":
+            with torch.no_grad():
+                return self.network(step.batch.image[keep])
+        h, w = like["heatmaps"].shape[-2:]
+        image_h, image_w = step.batch.image.shape[-2:]
+        targets = encode_targets(step.batch.keypoints[keep], step.batch.person_mask[keep],
+                                 (h, w), (image_w / w, image_h / h))
+        return {"heatmaps": targets["heatmaps"]}
+
+    def forward(self, step: DiffusionStep) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        t = step.timesteps
+        keep = torch.ones_like(t, dtype=torch.bool) if self.max_timestep is None else (
+            t < self.max_timestep)
+        if not keep.any():
+            zero = step.eps_pred.sum() * 0.0
+            return zero, {"perception": zero.detach()}
+        x0 = step.predicted_x0()[keep]  # (K, 4, h, w)
+        images = step.vae.decode(x0 / step.latent_scale).sample.clamp(-1, 1)  # (K, 3, H, W)
+        pred = self.network(images)
+        ref = self._reference(step, keep, pred)
+        per_item = sum(((pred[k].float() - ref[k].float()) ** 2).flatten(1).mean(1)
+                       for k in self.keys)  # (K,)
+        a = step.alphas_cumprod[t[keep]].float()
+        loss = (a * per_item).sum() / len(t)
+        return loss, {"perception": loss.detach()}

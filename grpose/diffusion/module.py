@@ -1,4 +1,4 @@
-"""`PoseDiffusionModule`: a frozen latent diffusion model, a trainable pose adapter, the losses."""
+"""`PoseDiffusionModule`: a frozen latent diffusion model, a trainable pose method, the losses."""
 from __future__ import annotations
 
 import inspect
@@ -10,31 +10,37 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, SchedulerMixin
 from torch import nn
 
-from grpose.adapters.base import PoseAdapter, PoseCondition
 from grpose.data.batch import PoseBatch
+from grpose.data.condition import PoseCondition
 from grpose.diffusion.components import SD15_LATENT_SCALE, ddim_scheduler
-from grpose.diffusion.losses import DiffusionStep, LossTerm, pose_weighted_mse
+from grpose.diffusion.denoiser import predict_eps
+from grpose.diffusion.guidance import ClassifierFreeGuidance, StepHook
+from grpose.diffusion.losses import DiffusionStep, LossTerm, PoseWeightedMSE
 from grpose.diffusion.sampling import NEGATIVE_PROMPT, initial_latents, sample_latents
-from grpose.metrics.suite import GenerationMetrics
+from grpose.methods.base import PoseMethod
 
 FROZEN = ("unet", "vae", "text_encoder")
 TIMESTEP_SAMPLING = ("uniform", "cubic")
-NOT_CHECKPOINTED = ("losses.", "val_metrics.")  # frozen networks that come from the config
+NOT_CHECKPOINTED = ("loss.", "losses.", "val_metrics.")  # frozen networks that come from the config
 
 
 class PoseDiffusionModule(L.LightningModule):
-    """Latent diffusion with injected parts; only the adapter (or the parts in `trainable`) learns.
+    """Latent diffusion with injected parts; only the method (or the parts in `trainable`) learns.
 
     Args:
         unet, vae, text_encoder: the latent diffusion model (text_encoder: captions -> (B, L, D)).
-        adapter: the pose method (`PoseAdapter`); `attach(unet)` is called here.
+        method: the pose method (`PoseMethod`); `attach(unet)` is called here.
         noise_scheduler: training noise schedule (diffusers `DDPMScheduler`).
         sampler: DDIM scheduler for sampling (default: SD 1.5's schedule).
+        loss: the main loss term (default `PoseWeightedMSE(alpha=5)`).
         losses: extra loss terms (`LossTerm`, e.g. the pose perception loss), added with weights.
-        lr: AdamW learning rate. pose_loss_alpha: weight inside the fine pose mask (1 = plain MSE).
-        trainable: parts that learn; ["adapter"] for pose methods, ["unet"] to train a base model.
+        lr: AdamW learning rate.
+        trainable: parts that learn; ["method"] for pose methods, ["unet"] to train a base model.
         latent_scale: VAE latent scale (SD: 0.18215).
-        num_inference_steps, guidance_scale, negative_prompt, eta, seed: sampling settings.
+        num_inference_steps, negative_prompt, eta, seed: sampling settings.
+        guidance: the CFG branches and scales (default `ClassifierFreeGuidance(7.5)`).
+        sampling_hooks: per-step hooks of the sampler (`StepHook`, e.g. gradient guidance).
+        conditioning_scale: multiplier of the method's conditioning at inference.
         val_metrics: metrics of generated validation images (`GenerationMetrics`: AP, CAP, PCE,
             FID, KID, CLIP), logged as `val/<name>`; computed on the first `val_metric_batches`
             validation batches of each validation run.
@@ -45,29 +51,34 @@ class PoseDiffusionModule(L.LightningModule):
     """
 
     def __init__(self, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module,
-                 adapter: PoseAdapter, noise_scheduler: DDPMScheduler,
-                 sampler: DDIMScheduler | None = None, losses: list[LossTerm] | None = None,
-                 lr: float = 1e-5, weight_decay: float = 1e-2, pose_loss_alpha: float = 5.0,
+                 method: PoseMethod, noise_scheduler: DDPMScheduler,
+                 sampler: DDIMScheduler | None = None, loss: LossTerm | None = None,
+                 losses: list[LossTerm] | None = None,
+                 lr: float = 1e-5, weight_decay: float = 1e-2,
                  trainable: list[str] | None = None, latent_scale: float = SD15_LATENT_SCALE,
-                 num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                 num_inference_steps: int = 50, guidance: ClassifierFreeGuidance | None = None,
+                 sampling_hooks: list[StepHook] | None = None, conditioning_scale: float = 1.0,
                  negative_prompt: str = NEGATIVE_PROMPT, eta: float = 0.0, seed: int = 42,
-                 val_metrics: GenerationMetrics | None = None, val_metric_batches: int = 1,
+                 val_metrics: nn.Module | None = None, val_metric_batches: int = 1,
                  checkpoint_frozen: bool = False,
                  gradient_checkpointing: bool = False, timestep_sampling: str = "uniform"):
         super().__init__()
         self._save_hparams()
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
-        self.adapter = adapter
-        self.adapter.attach(unet)
+        self.method = method
+        self.method.attach(unet)
         self.noise_scheduler = noise_scheduler
         self.sampler = sampler or ddim_scheduler()
+        self.guidance = guidance or ClassifierFreeGuidance(7.5)
+        self.sampling_hooks = list(sampling_hooks or [])
+        self.loss = loss or PoseWeightedMSE(5.0)
         self.losses = nn.ModuleList(losses or [])
         self.val_metrics = val_metrics
-        self.trainable = list(trainable or ["adapter"])
+        self.trainable = list(trainable or ["method"])
         if timestep_sampling not in TIMESTEP_SAMPLING:
             raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLING}, "
                              f"got {timestep_sampling!r}")
-        unknown = set(self.trainable) - {"adapter", *FROZEN}
+        unknown = set(self.trainable) - {"method", *FROZEN}
         if unknown:
             raise ValueError(f"trainable: unknown parts {sorted(unknown)}")
         self.frozen = [n for n in FROZEN if n not in self.trainable]
@@ -75,8 +86,8 @@ class PoseDiffusionModule(L.LightningModule):
             getattr(self, name).requires_grad_(True)
         for name in self.frozen:
             getattr(self, name).requires_grad_(False).eval()
-        for loss in self.losses:  # loss networks (e.g. a pose net) are frozen too
-            loss.requires_grad_(False).eval()
+        for term in (self.loss, *self.losses):  # loss networks (e.g. a pose net) are frozen too
+            term.requires_grad_(False).eval()
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.register_buffer("alphas_cumprod", noise_scheduler.alphas_cumprod.clone().float(),
@@ -91,7 +102,8 @@ class PoseDiffusionModule(L.LightningModule):
             self.save_hyperparameters(logger=False, frame=inspect.currentframe().f_back)
         for key, value in list(self.hparams.items()):
             values = value if isinstance(value, (list, tuple)) else [value]
-            if any(isinstance(v, (nn.Module, SchedulerMixin)) for v in values):
+            if any(isinstance(v, (nn.Module, SchedulerMixin, ClassifierFreeGuidance, StepHook))
+                   for v in values):
                 del self.hparams[key]
 
     # -- frozen parts stay frozen -------------------------------------------------------------
@@ -99,6 +111,7 @@ class PoseDiffusionModule(L.LightningModule):
         super().train(mode)
         for name in self.frozen:
             getattr(self, name).eval()
+        self.loss.eval()
         self.losses.eval()
         return self
 
@@ -112,6 +125,8 @@ class PoseDiffusionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Frozen parts left out of the checkpoint come from the config that built this module.
         state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("adapter.")]:  # before methods/ existed
+            state["method." + key.removeprefix("adapter.")] = state.pop(key)
         prefixes = tuple(f"{n}." for n in self.frozen) + NOT_CHECKPOINTED
         for key, value in self.state_dict().items():
             if key.startswith(prefixes):
@@ -119,6 +134,10 @@ class PoseDiffusionModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"nothing to train: trainable {self.trainable} has no parameters "
+                             f"({type(self.method).__name__}); set trainable: [unet] to train "
+                             "the base model")
         return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     # -- the diffusion step ---------------------------------------------------------------------
@@ -130,11 +149,18 @@ class PoseDiffusionModule(L.LightningModule):
         with torch.set_grad_enabled("text_encoder" in self.trainable and torch.is_grad_enabled()):
             return self.text_encoder(captions)
 
-    def predict_eps(self, noisy_latents, timesteps, text_states, pose: PoseCondition):
-        res = self.adapter(noisy_latents, timesteps, text_states, pose)
-        return self.unet(noisy_latents, timesteps, encoder_hidden_states=text_states,
-                         down_block_additional_residuals=res.down_residuals,
-                         mid_block_additional_residual=res.mid_residual).sample
+    def latent_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return image_size[0] // factor, image_size[1] // factor
+
+    def condition(self, batch: PoseBatch) -> PoseCondition:
+        """The batch's pose condition, masks on the latent grid."""
+        return PoseCondition.from_batch(batch, self.latent_size(batch.pose_image.shape[-2:]))
+
+    def predict_eps(self, noisy_latents, timesteps, text_states, cond: PoseCondition,
+                    scale: float = 1.0) -> torch.Tensor:
+        return predict_eps(self.unet, self.method, noisy_latents, timesteps, text_states, cond,
+                           scale)
 
     def sample_timesteps(self, n: int, device) -> torch.Tensor:
         num = self.noise_scheduler.config.num_train_timesteps
@@ -148,17 +174,15 @@ class PoseDiffusionModule(L.LightningModule):
         noise = torch.randn_like(latents)
         t = self.sample_timesteps(len(batch), latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        eps = self.predict_eps(noisy, t, self.encode_text(batch.captions),
-                               PoseCondition.from_batch(batch))
-        loss = pose_weighted_mse(eps, noise, batch.pose_image, self.hparams.pose_loss_alpha)
-        logs = {"diffusion": loss.detach()}
-        if len(self.losses):
-            step = DiffusionStep(batch, latents, noise, noisy, t, eps, self.alphas_cumprod,
-                                 self.vae, self.hparams.latent_scale)
-            for term in self.losses:
-                value, term_logs = term(step)
-                loss = loss + term.weight * value
-                logs.update(term_logs)
+        cond = self.condition(batch)
+        eps = self.predict_eps(noisy, t, self.encode_text(batch.captions), cond)
+        step = DiffusionStep(batch, cond, latents, noise, noisy, t, eps, self.alphas_cumprod,
+                             self.vae, self.hparams.latent_scale)
+        loss, logs = 0.0, {}
+        for term in (self.loss, *self.losses):
+            value, term_logs = term(step)
+            loss = loss + term.weight * value
+            logs.update(term_logs)
         return loss, logs
 
     def training_step(self, batch: PoseBatch, batch_idx: int) -> torch.Tensor:
@@ -187,22 +211,27 @@ class PoseDiffusionModule(L.LightningModule):
         return [(self.hparams.seed * 1_000_003 + zlib.crc32(str(m.get("id", i)).encode())) % 2**31
                 for i, m in enumerate(batch.meta)]
 
-    @torch.no_grad()
     def generate(self, batch: PoseBatch, seeds: list[int] | None = None,
-                 progress: bool = False) -> torch.Tensor:
-        """Images `(B, 3, H, W)` in [-1, 1] for the batch's poses and captions (DDIM + CFG)."""
+                 scale: float | None = None, progress: bool = False) -> torch.Tensor:
+        """Images `(B, 3, H, W)` in [-1, 1] for the batch's poses and captions (DDIM + CFG);
+        `scale` overrides the `conditioning_scale` setting."""
         hp = self.hparams
+        scale = hp.conditioning_scale if scale is None else scale
         seeds = self.seeds_for(batch) if seeds is None else seeds
-        h, w = batch.pose_image.shape[-2:]
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        shape = (self.vae.config.latent_channels, h // factor, w // factor)
+        cond = self.condition(batch)
+        shape = (self.vae.config.latent_channels, *cond.fine_mask.shape[-2:])
         latents = initial_latents(seeds, shape, self.device, batch.pose_image.dtype)
-        text = self.encode_text(batch.captions)
-        negative = self.encode_text([hp.negative_prompt] * len(batch))
-        latents = sample_latents(self.unet, self.adapter, self.sampler, text, negative,
-                                 PoseCondition.from_batch(batch), latents,
-                                 hp.num_inference_steps, hp.guidance_scale, hp.eta, progress)
-        return self.vae.decode(latents / hp.latent_scale).sample.clamp(-1, 1)
+        with torch.no_grad():
+            text = self.encode_text(batch.captions)
+            negative = self.encode_text([hp.negative_prompt] * len(batch))
+
+        def eps_fn(x, t, states, c):
+            return self.predict_eps(x, t, states, c, scale)
+        latents = sample_latents(eps_fn, self.sampler, text, negative, cond, latents,
+                                 self.guidance, hp.num_inference_steps, hp.eta,
+                                 self.sampling_hooks, progress)
+        with torch.no_grad():
+            return self.vae.decode(latents / hp.latent_scale).sample.clamp(-1, 1)
 
     def predict_step(self, batch: PoseBatch, batch_idx: int, dataloader_idx: int = 0) -> dict:
         seeds = self.seeds_for(batch)

@@ -1,16 +1,20 @@
-"""DDIM sampling with classifier-free guidance; the pose condition goes to both branches."""
+"""DDIM sampling through the one denoising path, with a guidance object and per-step hooks."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 
 import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
-from grpose.adapters.base import PoseAdapter, PoseCondition
+from grpose.data.condition import PoseCondition
+from grpose.diffusion.guidance import ClassifierFreeGuidance, SamplingStep, StepHook
 
 NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, "
                    "fewer digits, cropped, worst quality, low quality")
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, PoseCondition], torch.Tensor]
 
 
 def initial_latents(seeds: list[int], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
@@ -19,28 +23,35 @@ def initial_latents(seeds: list[int], shape: tuple[int, ...], device, dtype) -> 
                         for s in seeds]).to(device=device, dtype=dtype)
 
 
-@torch.no_grad()
-def sample_latents(unet, adapter: PoseAdapter, scheduler: DDIMScheduler, text_states: torch.Tensor,
-                   negative_states: torch.Tensor, pose: PoseCondition, latents: torch.Tensor,
-                   num_steps: int = 50, guidance_scale: float = 7.5, eta: float = 0.0,
-                   progress: bool = False) -> torch.Tensor:
-    """Run DDIM from `latents` (B, 4, h, w); CFG mixes unconditional (negative prompt) and
-    conditional eps, both with the pose. Returns the final latents."""
+def sample_latents(eps_fn: EpsFn, scheduler: DDIMScheduler, text_states: torch.Tensor,
+                   negative_states: torch.Tensor, cond: PoseCondition, latents: torch.Tensor,
+                   guidance: ClassifierFreeGuidance, num_steps: int = 50, eta: float = 0.0,
+                   hooks: Sequence[StepHook] = (), progress: bool = False) -> torch.Tensor:
+    """Run DDIM from `latents (B, 4, h, w)`; returns the final latents.
+
+    `eps_fn(x_t, t, text_states, cond)` is the denoiser (`predict_eps` bound to a UNet and a
+    method); `guidance` builds one batch of all its branches per step; each hook may then
+    change the guided eps.
+    """
     scheduler = copy.deepcopy(scheduler)  # set_timesteps mutates it
     scheduler.set_timesteps(num_steps, device=latents.device)
     latents = latents * scheduler.init_noise_sigma
-    cfg = guidance_scale != 1.0
-    states = torch.cat([negative_states, text_states]) if cfg else text_states
-    pose_in = pose.repeat(2) if cfg else pose
-    for t in tqdm(scheduler.timesteps, disable=not progress, desc="DDIM", leave=False):
-        x = torch.cat([latents] * 2) if cfg else latents  # (2B, 4, h, w) with CFG
-        tt = t.expand(x.shape[0]).to(latents.device)
-        res = adapter(x, tt, states, pose_in)
-        eps = unet(x, tt, encoder_hidden_states=states,
-                   down_block_additional_residuals=res.down_residuals,
-                   mid_block_additional_residual=res.mid_residual).sample
-        if cfg:
-            eps_u, eps_c = eps.chunk(2)
-            eps = eps_u + guidance_scale * (eps_c - eps_u)
-        latents = scheduler.step(eps, t, latents, eta=eta).prev_sample
+    branches = guidance.branches()
+    states = torch.cat([text_states if b.text else negative_states for b in branches])
+    conds = PoseCondition.cat([cond if b.pose else cond.with_active(False) for b in branches])
+    alphas = scheduler.alphas_cumprod.to(latents.device)
+    with_grad = any(h.requires_grad for h in hooks)
+    for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="DDIM",
+                               leave=False)):
+        with torch.set_grad_enabled(with_grad):
+            x_t = latents.detach().requires_grad_(with_grad)
+            x = torch.cat([x_t] * len(branches))  # (n * B, 4, h, w)
+            tt = t.expand(x.shape[0]).to(latents.device)
+            eps = guidance.combine(list(eps_fn(x, tt, states, conds).chunk(len(branches))))
+            if hooks:
+                a = alphas[t].to(eps.dtype)
+                for hook in hooks:
+                    x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+                    eps = hook(SamplingStep(x_t, t, eps, x0, a, i, num_steps))
+        latents = scheduler.step(eps.detach(), t, latents, eta=eta).prev_sample
     return latents

@@ -53,17 +53,6 @@ def knn_neighbours(nodes: torch.Tensor, k: int, segments: list[int],
         return torch.cat(neighbours)  # (N, k)
 
 
-def brute_force_knn(nodes: torch.Tensor, k: int, segments: list[int]) -> set[tuple[int, int]]:
-    """The `(src, dst)` edge set `knn_pixel_graph` should build, by full distance matrices."""
-    edges, start = set(), 0
-    for size in segments:
-        unit = F.normalize(nodes[start:start + size].float(), dim=-1)  # (S, C)
-        nearest = torch.cdist(unit, unit).topk(k, largest=False).indices  # (S, k)
-        edges |= {(start + int(j), start + i) for i, row in enumerate(nearest) for j in row}
-        start += size
-    return edges
-
-
 def edge_conv_from_neighbours(conv: dgl.nn.EdgeConv, nodes: torch.Tensor,
                               neighbours: torch.Tensor) -> torch.Tensor:
     """`conv(graph, nodes)` in torch, for the graph with edges `neighbours[i, :] -> i`:

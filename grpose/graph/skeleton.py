@@ -188,15 +188,6 @@ class SkeletonMessagePassing(nn.Module):
         return self.combine(x, h, aggregated)
 
 
-def dense_message_passing(layer: SkeletonMessagePassing, x: torch.Tensor,
-                          adjacency: torch.Tensor) -> torch.Tensor:
-    """`layer`'s computation from a dense `adjacency (N, N)`, `adjacency[i, j] = 1` for an edge
-    j -> i (a reference for tests)."""
-    h = layer.norm(x)
-    degree = adjacency.sum(1, keepdim=True).clamp(min=1)  # (N, 1)
-    return layer.combine(x, h, adjacency @ layer.message(h) / degree)
-
-
 class SkeletonHierarchy(nn.Module):
     """Progressive message passing: joints -> parts -> body, then back down body -> parts ->
     joints. Parts are the mean of their joints plus a part embedding, the body the mean of its

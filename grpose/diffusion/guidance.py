@@ -1,0 +1,79 @@
+"""Sampling plug points: the guidance that builds the classifier-free-guidance branches, and
+per-step hooks that may change eps (sampling-time gradient guidance)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One denoiser call per step: with the prompt (else the negative prompt), with the pose
+    active (else `PoseCondition.active` False)."""
+
+    text: bool
+    pose: bool
+
+
+class ClassifierFreeGuidance:
+    """The CFG branches and how their eps combine.
+
+    - `pose_scale=None`, `pose_in_unconditional=True` (ControlNet, GRPose): branches
+      (negative, pose) and (prompt, pose); `eps_u + scale * (eps_c - eps_u)`.
+    - `pose_scale=None`, `pose_in_unconditional=False`: the pose only in the conditional branch.
+    - `pose_scale` set: separate text and pose scales over (negative, no pose), (prompt, no pose),
+      (prompt, pose): `e0 + scale * (e1 - e0) + pose_scale * (e2 - e1)`.
+    With `scale == 1` and no `pose_scale`, one branch (prompt, pose) and no mixing.
+
+    Args:
+        scale: text guidance scale (the protocol: 7.5).
+        pose_scale: separate pose guidance scale (None: pose guided with the text).
+        pose_in_unconditional: give the pose to the unconditional branch too.
+    """
+
+    def __init__(self, scale: float = 7.5, pose_scale: float | None = None,
+                 pose_in_unconditional: bool = True):
+        self.scale, self.pose_scale = scale, pose_scale
+        self.pose_in_unconditional = pose_in_unconditional
+
+    def branches(self) -> list[Branch]:
+        if self.pose_scale is not None:
+            return [Branch(False, False), Branch(True, False), Branch(True, True)]
+        if self.scale == 1.0:
+            return [Branch(True, True)]
+        return [Branch(False, self.pose_in_unconditional), Branch(True, True)]
+
+    def combine(self, eps: list[torch.Tensor]) -> torch.Tensor:
+        """eps of each branch, in `branches()` order -> the guided eps."""
+        if self.pose_scale is not None:
+            e0, e1, e2 = eps
+            return e0 + self.scale * (e1 - e0) + self.pose_scale * (e2 - e1)
+        if len(eps) == 1:
+            return eps[0]
+        uncond, cond = eps
+        return uncond + self.scale * (cond - uncond)
+
+
+@dataclass
+class SamplingStep:
+    """What a per-step hook sees. With `requires_grad` hooks, `eps` and `x0_hat` are functions of
+    `x_t` in the autograd graph (`torch.autograd.grad(f(x0_hat), x_t)` works)."""
+
+    x_t: torch.Tensor  # (B, 4, h, w)
+    t: torch.Tensor  # () timestep
+    eps: torch.Tensor  # (B, 4, h, w) guided eps
+    x0_hat: torch.Tensor  # (B, 4, h, w) = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
+    alpha_bar: torch.Tensor  # () a_t
+    index: int  # step number, 0 = first (noisiest)
+    num_steps: int
+
+
+class StepHook:
+    """A per-step sampling hook: `__call__(step) -> eps` (return `step.eps` to change nothing).
+    `requires_grad = True` makes the sampler build the graph from `x_t` for it."""
+
+    requires_grad = False
+
+    def __call__(self, step: SamplingStep) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,41 @@
+"""Pose methods: one package or file per method, one interface (`PoseMethod` ->
+`UNetConditioning`), and the registry of every method by name."""
+from grpose.methods.base import NoPose, PoseMethod, UNetConditioning
+from grpose.methods.controlnet import ControlNet
+from grpose.methods.grpose import GRPoseFeature, GRPoseSkeleton
+
+METHODS: dict[str, type[PoseMethod]] = {
+    "no_pose": NoPose,
+    "controlnet": ControlNet,
+    "grpose_skeleton": GRPoseSkeleton,
+    "grpose_feature": GRPoseFeature,
+}
+"""Every method by its registry name (the name of its YAML under configs/method/)."""
+CLASS_PATHS = {f"grpose.methods.{cls.__name__}": name
+               for name, cls in METHODS.items()}
+
+
+def method_class(name: str) -> type[PoseMethod]:
+    """The method class registered as `name`."""
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def method_from_config(path: str, **overrides) -> PoseMethod:
+    """The method of a method config (`model.init_args.method` of configs/method/...yaml), built
+    with its init_args updated by `overrides`. Only registered classes are built."""
+    import yaml
+    with open(path) as f:
+        spec = (yaml.safe_load(f) or {}).get("model", {}).get("init_args", {}).get("method")
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise ValueError(f"{path}: no model.init_args.method.class_path")
+    name = CLASS_PATHS.get(spec["class_path"])
+    if name is None:
+        raise ValueError(f"{path}: model.init_args.method.class_path {spec['class_path']!r} is not "
+                         f"a registered method ({sorted(CLASS_PATHS)})")
+    return METHODS[name](**{**(spec.get("init_args") or {}), **overrides})
+
+
+__all__ = ["METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton", "NoPose", "PoseMethod",
+           "UNetConditioning", "method_class", "method_from_config"]

@@ -1,0 +1,162 @@
+"""The shared pieces under every method: our encoder-copy loop against diffusers'
+`ControlNetModel`, sampling against `StableDiffusionControlNetPipeline` (the anchor), the FiLM
+utility, the guidance branches and per-step hooks."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from grpose.diffusion.components import ddim_scheduler, tiny_unet
+from grpose.diffusion.denoiser import predict_eps
+from grpose.diffusion.guidance import ClassifierFreeGuidance, StepHook
+from grpose.diffusion.sampling import sample_latents
+from grpose.methods import ControlNet, NoPose, UNetConditioning
+from grpose.methods.film import FiLM, modulate
+
+T = torch.tensor([10, 400, 900])
+
+
+@pytest.fixture
+def perturbed_controlnet(tiny_parts):
+    method = ControlNet((8, 16, 32))
+    method.attach(tiny_parts[0])
+    with torch.no_grad():
+        for p in method.parameters():
+            if not p.any():
+                p.normal_(std=0.05)
+    return method
+
+
+@pytest.fixture
+def inputs(tiny_batch):
+    from grpose.data import PoseCondition
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(3, 4, 16, 16, generator=g), torch.randn(3, 77, 32, generator=g),
+            PoseCondition.from_batch(tiny_batch, (16, 16)))
+
+
+def test_encoder_loop_equals_controlnet_model(perturbed_controlnet, inputs):
+    noisy, text, cond = inputs
+    with torch.no_grad():
+        ours = perturbed_controlnet(noisy, T, text, cond)
+        down, mid = perturbed_controlnet.controlnet(
+            noisy, T, encoder_hidden_states=text, controlnet_cond=(cond.pose_image + 1) / 2,
+            return_dict=False)
+    assert len(ours.down_residuals) == len(down) == 8  # conv_in + 4 levels x 1 layer + 3 downsamplers
+    for a, b in zip([*ours.down_residuals, ours.mid_residual], [*down, mid]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(perturbed_controlnet, inputs):
+    noisy, text, cond = inputs
+    grads = []
+    for checkpointing in (False, True):
+        perturbed_controlnet.gradient_checkpointing = checkpointing
+        perturbed_controlnet.zero_grad()
+        out = perturbed_controlnet(noisy, T, text, cond)
+        sum(r.square().sum() for r in [*out.down_residuals, out.mid_residual]).backward()
+        grads.append([p.grad.clone() for p in perturbed_controlnet.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_sampling_equals_the_diffusers_controlnet_pipeline(tiny_parts, perturbed_controlnet,
+                                                            inputs):
+    from diffusers import StableDiffusionControlNetPipeline
+    unet, vae, _ = tiny_parts
+    _, text, cond = inputs
+    negative = torch.randn(text.shape, generator=torch.Generator().manual_seed(1))
+    latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    pipe = StableDiffusionControlNetPipeline(
+        vae=vae, text_encoder=None, tokenizer=None, unet=unet,
+        controlnet=perturbed_controlnet.controlnet, scheduler=ddim_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(prompt_embeds=text, negative_prompt_embeds=negative,
+                  image=(cond.pose_image + 1) / 2, height=64, width=64, num_inference_steps=4,
+                  guidance_scale=3.0, latents=latents.clone(), output_type="latent",
+                  controlnet_conditioning_scale=1.5).images
+
+    def eps_fn(x, t, states, c):
+        return predict_eps(unet, perturbed_controlnet, x, t, states, c, scale=1.5)
+    ours = sample_latents(eps_fn, ddim_scheduler(), text, negative, cond, latents,
+                          ClassifierFreeGuidance(3.0), num_steps=4)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_film_is_scoped_and_modulates_named_blocks(tiny_parts, inputs):
+    unet = copy.deepcopy(tiny_parts[0])
+    noisy, text, _ = inputs
+    plain = unet(noisy, T, encoder_hidden_states=text).sample
+    zero = FiLM(torch.zeros(3, 64), torch.zeros(3, 64))
+    with modulate(unet, {"up_blocks.1": zero}):
+        torch.testing.assert_close(unet(noisy, T, encoder_hidden_states=text).sample, plain)
+    shift = FiLM(torch.zeros(3, 64), torch.ones(3, 64))
+    with modulate(unet, {"up_blocks.1": shift}):
+        assert not torch.allclose(unet(noisy, T, encoder_hidden_states=text).sample, plain)
+    assert all(not m._forward_hooks for m in unet.modules())  # nothing left attached
+    with pytest.raises(ValueError, match="whole blocks"):
+        with modulate(unet, {"up_blocks.1.resnets.0": zero}):
+            pass
+    with pytest.raises(RuntimeError), modulate(unet, {"up_blocks.1": shift}):
+        raise RuntimeError("a failing call")
+    assert all(not m._forward_hooks for m in unet.modules())
+
+
+def test_film_gradients_equal_under_unet_gradient_checkpointing(inputs):
+    noisy, text, _ = inputs
+    grads = []
+    for checkpointing in (False, True):
+        unet = tiny_unet().requires_grad_(False)
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        gamma = torch.full((3, 32), 0.1, requires_grad=True)
+        beta = torch.full((3, 32), 0.2, requires_grad=True)
+        c = UNetConditioning(modulation={"up_blocks.2": FiLM(gamma, beta)})
+        from grpose.diffusion.denoiser import apply_conditioning
+        apply_conditioning(unet, noisy, T, text, c).square().mean().backward()
+        grads.append((gamma.grad, beta.grad))
+        assert all(not m._forward_hooks for m in unet.modules())
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_guidance_branches():
+    assert len(ClassifierFreeGuidance(1.0).branches()) == 1
+    both = ClassifierFreeGuidance(7.5).branches()
+    assert [(b.text, b.pose) for b in both] == [(False, True), (True, True)]
+    only_cond = ClassifierFreeGuidance(7.5, pose_in_unconditional=False).branches()
+    assert [(b.text, b.pose) for b in only_cond] == [(False, False), (True, True)]
+    separate = ClassifierFreeGuidance(5.0, pose_scale=2.0)
+    e0, e1, e2 = torch.zeros(1), torch.ones(1), torch.full((1,), 3.0)
+    assert separate.combine([e0, e1, e2]).item() == 5.0 * 1 + 2.0 * 2
+
+
+class NudgeTowardsZero(StepHook):
+    requires_grad = True
+
+    def __init__(self, s: float):
+        self.s, self.calls = s, 0
+
+    def __call__(self, step):
+        self.calls += 1
+        grad, = torch.autograd.grad(step.x0_hat.square().sum(), step.x_t)
+        return step.eps + self.s * (1 - step.alpha_bar).sqrt() * grad
+
+
+def test_step_hooks_get_gradients_and_zero_strength_changes_nothing(tiny_parts, inputs):
+    unet = tiny_parts[0]
+    _, text, cond = inputs
+    latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+
+    def run(hooks):
+        def eps_fn(x, t, states, c):
+            return predict_eps(unet, NoPose(), x, t, states, c)
+        return sample_latents(eps_fn, ddim_scheduler(), text, text, cond, latents,
+                              ClassifierFreeGuidance(2.0), num_steps=3, hooks=hooks)
+    plain, hook = run([]), NudgeTowardsZero(0.0)
+    assert torch.equal(run([hook]), plain) and hook.calls == 3
+    assert not torch.allclose(run([NudgeTowardsZero(1.0)]), plain)

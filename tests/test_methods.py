@@ -1,0 +1,140 @@
+"""Contract tests every registered method passes (built from configs/method/tiny/<name>.yaml):
+zero-init identity, one training step changes only the method, seeded sampling reproduces,
+`active=False` is the method's unconditional behaviour, checkpoints round-trip, CUDA bf16."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from grpose.diffusion import PoseDiffusionModule
+from grpose.diffusion.components import noise_scheduler
+from grpose.diffusion.denoiser import predict_eps
+from grpose.methods import METHODS, method_from_config
+
+NAMES = sorted(METHODS)
+T = torch.tensor([10, 400, 900])
+
+
+def build(name: str):
+    return method_from_config(f"configs/method/tiny/{name}.yaml")
+
+
+def perturb_zeros(method) -> None:
+    # every all-zero parameter (zero convs, zero biases) gets small random values
+    with torch.no_grad():
+        for p in method.parameters():
+            if not p.any():
+                p.normal_(std=0.05)
+
+
+@pytest.fixture
+def inputs(tiny_parts, tiny_batch):
+    """`(noisy latents, text states, condition)` for the 3-item tiny batch (16 x 16 latents)."""
+    from grpose.data import PoseCondition
+    _, vae, text_encoder = tiny_parts
+    with torch.no_grad():
+        latents = vae.encode(tiny_batch.image).latent_dist.mean  # (3, 4, 16, 16)
+        text = text_encoder(tiny_batch.captions)  # (3, 77, 32)
+    return latents + torch.randn_like(latents), text, PoseCondition.from_batch(tiny_batch, (16, 16))
+
+
+def test_registry_has_a_tiny_and_an_sd15_config_per_method():
+    for name in NAMES:
+        assert isinstance(build(name), METHODS[name])
+        assert type(method_from_config(f"configs/method/{name}.yaml")) is METHODS[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_init_leaves_the_unet_prediction_unchanged(tiny_parts, inputs, name):
+    unet = tiny_parts[0]
+    method = build(name)
+    method.attach(unet)
+    noisy, text, cond = inputs
+    with torch.no_grad():
+        plain = unet(noisy, T, encoder_hidden_states=text).sample
+        assert torch.equal(predict_eps(unet, method, noisy, T, text, cond), plain)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_training_step_changes_only_the_method(tiny_parts, tiny_batch, name):
+    unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
+    m = PoseDiffusionModule(unet, vae, text, build(name), noise_scheduler(), lr=1e-3)
+    frozen = {k: v.clone() for k, v in m.state_dict().items() if not k.startswith("method.")}
+    before = {k: v.clone() for k, v in m.method.state_dict().items()}
+    if not before:  # NoPose: nothing to train, said clearly
+        with pytest.raises(ValueError, match="nothing to train"):
+            m.configure_optimizers()
+        return
+    opt = m.configure_optimizers()
+    m.train()
+    loss, _ = m.diffusion_step(tiny_batch)
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in frozen.items())
+    changed = [k for k, v in m.method.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_seeded_sampling_reproduces(tiny_parts, tiny_batch, name):
+    unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
+    m = PoseDiffusionModule(unet, vae, text, build(name), noise_scheduler(),
+                            num_inference_steps=2).eval()
+    perturb_zeros(m.method)
+    a, b = m.generate(tiny_batch), m.generate(tiny_batch)
+    assert torch.equal(a, b) and not torch.equal(a, m.generate(tiny_batch, seeds=[5, 6, 7]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inactive_items_get_the_unconditional_behaviour(tiny_parts, inputs, name):
+    unet = tiny_parts[0]
+    method = build(name)
+    method.attach(unet)
+    perturb_zeros(method)
+    noisy, text, cond = inputs
+    active = torch.tensor([True, False, True])
+    with torch.no_grad():
+        mixed = predict_eps(unet, method, noisy, T, text, cond.with_active(active))
+        on = predict_eps(unet, method, noisy, T, text, cond)
+        if method.handles_inactive:  # the method's own unconditional branch
+            off = predict_eps(unet, method, noisy, T, text, cond.with_active(False))
+        else:  # the plain UNet
+            off = unet(noisy, T, encoder_hidden_states=text).sample
+    torch.testing.assert_close(mixed[active], on[active], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mixed[~active], off[~active], rtol=1e-5, atol=1e-6)
+    if name != "no_pose":
+        assert not torch.allclose(on[~active], off[~active])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_round_trip(tiny_parts, inputs, tmp_path, name):
+    unet = tiny_parts[0]
+    method = build(name)
+    method.attach(unet)
+    perturb_zeros(method)
+    torch.save(method.state_dict(), tmp_path / "m.pt")
+    fresh = build(name)
+    fresh.attach(unet)
+    fresh.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    noisy, text, cond = inputs
+    with torch.no_grad():
+        assert torch.equal(predict_eps(unet, fresh, noisy, T, text, cond),
+                           predict_eps(unet, method, noisy, T, text, cond))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_backward_on_cuda_in_bf16(tiny_parts, inputs, name):
+    unet = copy.deepcopy(tiny_parts[0]).cuda()
+    method = build(name)
+    method.attach(unet)
+    method.cuda()
+    perturb_zeros(method)
+    noisy, text, cond = inputs
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        eps = predict_eps(unet, method, noisy.cuda(), T.cuda(), text.cuda(), cond.to("cuda"))
+    eps.float().square().mean().backward()
+    assert torch.isfinite(eps).all()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in method.parameters())
