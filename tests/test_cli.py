@@ -6,13 +6,19 @@ import lightning as L
 import pytest
 import torch
 
-from grpose.adapters import ControlNetAdapter
 from grpose.cli import main
 from grpose.data import PoseDataModule, SyntheticPoseDataset
 from grpose.diffusion import PoseDiffusionModule
 from grpose.diffusion.components import noise_scheduler
+from grpose.methods import METHODS, ControlNet
 
-CONFIGS = ["--config", "configs/tiny/controlnet.yaml", "--config", "configs/data/synthetic_tiny.yaml"]
+
+def compose(*names: str) -> list[str]:
+    return [arg for name in names for arg in ("--config", f"configs/{name}.yaml")]
+
+
+TINY = ("trainer/cpu", "base/tiny", "data/synthetic_tiny")
+CONFIGS = compose(*TINY, "method/tiny/controlnet")
 
 
 def cli_args(root, *extra):
@@ -30,10 +36,10 @@ def test_fit_reload_resume_predict(tmp_path):
     ckpt = os.path.join(cli.trainer.log_dir, "checkpoints", "last.ckpt")
     assert os.path.isfile(ckpt)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    assert all(k.startswith("adapter.") for k in state)  # frozen parts come from the config
+    assert all(k.startswith("method.") for k in state)  # frozen parts come from the config
     reloaded = PoseDiffusionModule.load_from_checkpoint(ckpt)
-    for k, v in cli.model.adapter.state_dict().items():
-        assert torch.equal(reloaded.adapter.state_dict()[k], v)
+    for k, v in cli.model.method.state_dict().items():
+        assert torch.equal(reloaded.method.state_dict()[k], v)
     resumed = main(cli_args(tmp_path, "--trainer.max_steps=4", f"--ckpt_path={ckpt}"))
     assert resumed.trainer.global_step == 4
     out = tmp_path / "pred"
@@ -47,38 +53,43 @@ def test_fit_reload_resume_predict(tmp_path):
 
 def test_ddp_spawn_two_cpu_processes(tmp_path, tiny_parts):
     unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
-    model = PoseDiffusionModule(unet, vae, text, ControlNetAdapter((8, 16, 32)),
-                                noise_scheduler(), lr=1e-4)
+    model = PoseDiffusionModule(unet, vae, text, ControlNet((8, 16, 32)), noise_scheduler(),
+                                lr=1e-4)
     data = PoseDataModule(train=SyntheticPoseDataset(8, resolution=64), batch_size=2)
-    before = copy.deepcopy(model.adapter.state_dict())
+    before = copy.deepcopy(model.method.state_dict())
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         default_root_dir=tmp_path, limit_val_batches=0)
     trainer.fit(model, data)
-    after = model.adapter.state_dict()  # weights come back from the spawned processes
+    after = model.method.state_dict()  # weights come back from the spawned processes
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_every_config_parses(capsys):
-    """Each shipped config parses against the code (SD-1.5 ones without loading weights)."""
-    import glob
-
-    import pytest
-    data = {"sd15": "configs/data/humanart.yaml", "tiny": "configs/data/synthetic_tiny.yaml"}
-    for path in sorted(glob.glob("configs/sd15/*.yaml") + glob.glob("configs/tiny/*.yaml")):
-        group = path.split("/")[1]
-        for data_cfg in ([data[group], "configs/data/laion_human.yaml"] if group == "sd15"
-                         else [data[group]]):
-            with pytest.raises(SystemExit) as e:
-                main(["fit", "--config", path, "--config", data_cfg, "--print_config"])
-            assert e.value.code in (0, None), path
-            assert "class_path: grpose" in capsys.readouterr().out
+def _printed_config(capsys, args) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(["fit", *args, "--print_config"])
+    assert e.value.code in (0, None), args
+    return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("graph", ["skeleton", "feature"])
-def test_tiny_grpose_configs_fit_one_step(tmp_path, graph):
-    cli = main(["fit", "--config", f"configs/tiny/grpose_{graph}.yaml",
-                "--config", "configs/data/synthetic_tiny.yaml", "--trainer.fast_dev_run=1",
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_config_composes_at_both_scales(capsys, name):
+    """trainer + base + data + method parse against the code (SD 1.5 without loading weights)."""
+    import yaml
+    tiny = yaml.safe_load(_printed_config(capsys, compose(*TINY, f"method/tiny/{name}")))
+    assert tiny["model"]["init_args"]["method"]["class_path"].startswith("grpose.methods.")
+    for data in ("data/humanart", "data/laion_human"):
+        sd = yaml.safe_load(_printed_config(capsys, compose("trainer/gpu8", "base/sd15", data,
+                                                            f"method/{name}")))
+        model = sd["model"]["init_args"]
+        assert model["unet"]["init_args"]["path"] == model["vae"]["init_args"]["path"]
+        style = sd["data"]["init_args"]["train"]["init_args"].get("pose_style", "humansd")
+        assert style == ("openpose" if name == "controlnet" else "humansd")
+
+
+@pytest.mark.parametrize("name", ["grpose_skeleton", "grpose_feature"])
+def test_tiny_grpose_configs_fit_one_step(tmp_path, name):
+    cli = main(["fit", *compose(*TINY, f"method/tiny/{name}"), "--trainer.fast_dev_run=1",
                 f"--trainer.default_root_dir={tmp_path}", "--data.init_args.batch_size=2",
                 "--model.init_args.num_inference_steps=2"])
     assert cli.trainer.global_step == 1

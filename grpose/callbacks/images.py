@@ -12,6 +12,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from grpose.data.batch import PoseBatch
+from grpose.metrics.report import image_name
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -68,8 +69,7 @@ class GenerationWriter(BasePredictionWriter):
         os.makedirs(self.out_dir, exist_ok=True)
         images = prediction["images"]
         for img, meta in zip(to_uint8(images), prediction["batch"].meta):
-            name = str(meta.get("id")).replace(os.sep, "_")
-            Image.fromarray(img).save(os.path.join(self.out_dir, f"{name}.png"))
+            Image.fromarray(img).save(os.path.join(self.out_dir, f"{image_name(meta)}.png"))
         if self.grid:
             grid = pose_grid(prediction["batch"], images)
             arr = (grid * 255).round().byte().permute(1, 2, 0).numpy()

@@ -19,17 +19,12 @@ from grpose.data.io import DataError
 from grpose.metrics.clip_score import ClipScore, load_open_clip
 from grpose.metrics.image_quality import ImageQuality, InceptionV3Features
 from grpose.metrics.pose_accuracy import PoseAccuracy
+from grpose.metrics.report import image_name, markdown_table as _table
 from grpose.metrics.suite import GenerationMetrics
 from grpose.pose.detector import PoseDetector
 
 log = logging.getLogger(__name__)
-COLUMNS = ("ap", "cap", "pce", "fid", "fid64", "kid", "clip")
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-
-
-def image_name(meta: dict) -> str:
-    """The file stem a generated image of this item has (as `GenerationWriter` writes it)."""
-    return str(meta["id"]).replace(os.sep, "_")
 
 
 def load_generated(folder: str, meta: dict, size: tuple[int, int]) -> torch.Tensor | None:
@@ -110,13 +105,7 @@ def markdown_table(results: dict) -> str:
     rows = {**results["per_scenario"], "**mean**": results["mean"]}
     if results["all"]:
         rows["all (pooled)"] = results["all"]
-    cols = [c for c in COLUMNS if any(c in r for r in rows.values())]
-    lines = ["| scenario | " + " | ".join(c.upper() for c in cols) + " |",
-             "|---" * (len(cols) + 1) + "|"]
-    for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.2f}" if c in r else "-" for c in cols)
-                     + " |")
-    return "\n".join(lines) + "\n"
+    return _table(rows, first="scenario", digits=2)
 
 
 def write_results(results: dict, out_dir: str) -> None:

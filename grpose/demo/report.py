@@ -15,10 +15,11 @@ from grpose.callbacks.images import to_uint8
 from grpose.data.batch import PoseBatch, collate_pose_samples
 from grpose.data.render import render_pose
 from grpose.metrics.image_quality import ImageQuality
+from grpose.metrics.report import markdown_table
 from grpose.metrics.suite import GenerationMetrics
 from grpose.pose.detector import NetworkDetector
 
-COLUMNS = ("ap", "cap", "pce", "fid", "kid")
+COLUMNS = ["ap", "cap", "pce", "fid", "kid", "ap_vs_real"]
 
 
 class PoseNetFeatures(nn.Module):
@@ -51,8 +52,10 @@ def grid(batch: PoseBatch, generated: torch.Tensor, detections: list[dict], n: i
 
 
 @torch.no_grad()
-def evaluate_methods(models: dict, val, network: nn.Module, batch_size: int, out: str) -> dict:
-    """AP / CAP / PCE / FID / KID of the real held-out images and of each model's generations."""
+def evaluate_methods(models: dict, scales: dict, val, network: nn.Module, batch_size: int,
+                     out: str) -> dict:
+    """AP / CAP / PCE / FID / KID of the real held-out images and of each model's generations
+    (`scales[name]`: its conditioning scale)."""
     network = network.eval().requires_grad_(False)
     n, res = len(val), val.resolution
 
@@ -68,7 +71,7 @@ def evaluate_methods(models: dict, val, network: nn.Module, batch_size: int, out
     for name, model in [("real images", None), *models.items()]:
         suite = metrics()
         for k, batch in enumerate(loader):
-            images = batch.image if model is None else model.generate(batch)
+            images = batch.image if model is None else model.generate(batch, scale=scales[name])
             detections = suite.update(images, batch)
             if k == 0:
                 g = grid(batch, images, detections)
@@ -87,8 +90,8 @@ def evaluate_methods(models: dict, val, network: nn.Module, batch_size: int, out
 @torch.no_grad()
 def tune_conditioning_scale(model, tuning, network: nn.Module, scales, batch_size: int
                             ) -> tuple[float, dict[str, float]]:
-    """The adapter's `conditioning_scale` with the best pose AP on the `tuning` images (a set
-    apart from the held-out one), left set on the model; returns it and the AP of each scale.
+    """The conditioning scale with the best pose AP on the `tuning` images (a set apart from the
+    held-out one); returns it and the AP of each scale.
 
     A short training leaves the zero-initialised outputs small; a scale above 1 makes up for it,
     as ControlNet's `controlnet_conditioning_scale` does at inference.
@@ -97,30 +100,23 @@ def tune_conditioning_scale(model, tuning, network: nn.Module, scales, batch_siz
     loader = DataLoader(tuning, batch_size=batch_size, collate_fn=collate_pose_samples)
     aps = {}
     for scale in scales:
-        model.adapter.conditioning_scale = scale
         suite = GenerationMetrics(detector)
         for batch in loader:
-            suite.update(model.generate(batch), batch)
+            suite.update(model.generate(batch, scale=scale), batch)
         aps[str(scale)] = suite.compute()["ap"]
-    best = max(scales, key=lambda s: aps[str(s)])
-    model.adapter.conditioning_scale = best
-    return best, aps
+    return max(scales, key=lambda s: aps[str(s)]), aps
 
 
 def write_report(results: dict, out: str) -> None:
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    cols = [*COLUMNS, "ap_vs_real"]
-    lines = ["| method | AP | CAP | PCE | FID | KID | AP / real AP |", "|---" * 7 + "|"]
-    for name, r in results["methods"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{r.get(c, float('nan')):.3f}" for c in cols)
-                     + " |")
+    table = markdown_table(results["methods"], columns=COLUMNS)
     cfg = results["config"]
     tuned = results.get("conditioning_scale", {})
     text = (f"# grpose demo results\n\n{results['num_images']} held-out synthetic images at "
             f"{cfg['resolution']} px; poses detected by the demo's pose network; FID / KID on "
             "that network's pooled features (not Inception: numbers are comparable only within "
-            "this table).\n\n" + "\n".join(lines) + "\n\nStage times (s): "
+            "this table).\n\n" + table + "\nStage times (s): "
             + ", ".join(f"{k} {v}" for k, v in results["stage_seconds"].items())
             + f"; this run's wall time {results['wall_seconds'] / 60:.1f} min (a reused stage "
             "adds only its load time)"

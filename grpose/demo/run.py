@@ -1,12 +1,5 @@
-"""The offline end-to-end demo: `python -m grpose.demo` (what `make demo` runs).
-
-On the synthetic set, on a CPU, with nothing downloaded: train the pose network; train a tiny
-autoencoder and a tiny text-to-image UNet (the stand-in for SD 1.5), then freeze them; train a
-GRPose adapter (skeleton-graph PGI) and the ControlNet baseline on that frozen base with the same
-budget; generate images for held-out poses with them and with the base alone (no pose); score
-everything with the pose network (AP, CAP, PCE) and FID / KID on the pose network's features.
-Each stage reuses its earlier output when its settings have not changed.
-"""
+"""The demo's stages: data, pose network, VAE, base UNet, one adapter per method; then the
+conditioning-scale choice, generation and scoring."""
 from __future__ import annotations
 
 import argparse
@@ -18,17 +11,20 @@ from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
-from grpose.adapters import ControlNetAdapter, GRPoseAdapter, NoPoseAdapter
 from grpose.data import HumanArtDataset, PoseDataModule, SyntheticPoseDataset
 from grpose.data.synthetic import Scene, write_synthetic
+from grpose.demo.report import evaluate_methods, tune_conditioning_scale, write_report
 from grpose.diffusion import PoseDiffusionModule
 from grpose.diffusion.autoencoder import AutoencoderModule
 from grpose.diffusion.components import (OpenCLIPTextEncoder, load_unet, load_vae, noise_scheduler,
                                          tiny_unet, tiny_vae)
-from grpose.demo_report import evaluate_methods, tune_conditioning_scale, write_report
+from grpose.diffusion.guidance import ClassifierFreeGuidance
+from grpose.diffusion.losses import PoseWeightedMSE
+from grpose.methods import NoPose, method_from_config
 from grpose.pose import PoseEstimatorModule, PoseNetwork
 from grpose.pose.detector import load_pose_checkpoint
 
@@ -63,6 +59,8 @@ class DemoConfig:
 # A small, fast autoencoder whose posterior starts narrow (see AutoencoderModule.init_logvar).
 VAE = dict(channels=(16, 32, 64), mid_attention=False, init_logvar=-6.0)
 POSE_AUGMENT = dict(blur_p=0.5, max_blur_sigma=1.5, noise_std=0.1)
+METHODS = ("grpose_skeleton", "controlnet")  # trained, beside the base alone ("no_pose")
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "method", "tiny")
 QUICK = dict(num_train=32, num_val=8, num_tune=4, scales="1,2", batch_size=4, pose_steps=4,
              vae_steps=4, base_steps=4, adapter_steps=4, sample_steps=2)
 
@@ -133,11 +131,24 @@ def datasets(cfg: DemoConfig, data_dir: str, caption_dropout: float):
             HumanArtDataset(data_dir, "validation", **common))
 
 
-def diffusion(cfg: DemoConfig, base: dict, unet: nn.Module, adapter, **kwargs):
+def method(name: str):
+    """A demo method, built from its tiny config (configs/method/tiny/<name>.yaml)."""
+    return NoPose() if name == "no_pose" else method_from_config(
+        os.path.join(CONFIGS, f"{name}.yaml"))
+
+
+def method_settings(name: str) -> dict:
+    """The method's tiny config as data (part of its stage's reuse key)."""
+    with open(os.path.join(CONFIGS, f"{name}.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+def diffusion(cfg: DemoConfig, base: dict, unet: nn.Module, pose_method, **kwargs):
     return PoseDiffusionModule(unet, load_vae(base["vae_dir"], subfolder=None), text_encoder(),
-                               adapter, noise_scheduler(), latent_scale=base["latent_scale"],
+                               pose_method, noise_scheduler(), latent_scale=base["latent_scale"],
                                num_inference_steps=cfg.sample_steps, negative_prompt="",
-                               guidance_scale=cfg.guidance_scale, seed=cfg.seed, **kwargs)
+                               guidance=ClassifierFreeGuidance(cfg.guidance_scale), seed=cfg.seed,
+                               **kwargs)
 
 
 def run(cfg: DemoConfig) -> dict:
@@ -186,8 +197,8 @@ def run(cfg: DemoConfig) -> dict:
 
     def base_stage(d):
         train, _ = datasets(cfg, data_dir, 0.1)
-        module = diffusion(cfg, vae, tiny_unet(seed=cfg.seed), NoPoseAdapter(),
-                           trainable=["unet"], pose_loss_alpha=1.0, lr=1e-3)
+        module = diffusion(cfg, vae, tiny_unet(seed=cfg.seed), NoPose(), trainable=["unet"],
+                           loss=PoseWeightedMSE(alpha=1.0), lr=1e-3)
         trainer(cfg, "base", cfg.base_steps).fit(module, PoseDataModule(
             train=train, batch_size=cfg.batch_size))
         module.unet.save_pretrained(d)
@@ -195,66 +206,51 @@ def run(cfg: DemoConfig) -> dict:
     base = run_stage(cfg, "base", dict(steps=cfg.base_steps, vae=vae["settings"]), base_stage)
     base_info = {**vae, **base}
 
-    adapters = {"grpose": lambda: GRPoseAdapter("skeleton", (8, 16, 32), node_dim=32),
-                "controlnet": lambda: ControlNetAdapter((8, 16, 32))}
     trained = {}
-    for name, make in adapters.items():
-        def adapter_stage(d, name=name, make=make):
+    for name in METHODS:
+        def method_stage(d, name=name):
             train, _ = datasets(cfg, data_dir, 0.5)
             module = diffusion(cfg, base_info, load_unet(base_info["unet_dir"], subfolder=None),
-                               make(), lr=cfg.adapter_lr)
+                               method(name), lr=cfg.adapter_lr)
             trainer(cfg, name, cfg.adapter_steps).fit(module, PoseDataModule(
                 train=train, batch_size=cfg.batch_size))
-            torch.save(module.adapter.state_dict(), os.path.join(d, "adapter.pt"))
-            return {"adapter": os.path.join(d, "adapter.pt")}
+            torch.save(module.method.state_dict(), os.path.join(d, "method.pt"))
+            return {"weights": os.path.join(d, "method.pt")}
         trained[name] = run_stage(cfg, name, dict(steps=cfg.adapter_steps, lr=cfg.adapter_lr,
                                                   render_scale=cfg.render_scale,
-                                                  base=base["settings"]), adapter_stage)
+                                                  method=method_settings(name),
+                                                  base=base["settings"]), method_stage)
 
     def model_for(name: str) -> PoseDiffusionModule:
-        adapter = adapters[name]() if name in adapters else NoPoseAdapter()
-        m = diffusion(cfg, base_info, load_unet(base_info["unet_dir"], subfolder=None), adapter)
-        if name in adapters:
-            m.adapter.load_state_dict(torch.load(trained[name]["adapter"], weights_only=True))
+        m = diffusion(cfg, base_info, load_unet(base_info["unet_dir"], subfolder=None),
+                      method(name))
+        if name in trained:
+            m.method.load_state_dict(torch.load(trained[name]["weights"], weights_only=True))
         return m.eval()
 
     _, val = datasets(cfg, data_dir, 0.0)
     network, _ = load_pose_checkpoint(pose["checkpoint"])
     evaluation_start = time.time()
-    models = {n: model_for(n) for n in ("grpose", "controlnet", "no-pose")}
+    models = {n: model_for(n) for n in (*METHODS, "no_pose")}
     # Other poses than the held-out ones (another seed) pick each adapter's conditioning scale.
     tuning = SyntheticPoseDataset(cfg.num_tune, seed=cfg.seed + 2, split="validation",
                                   resolution=cfg.resolution, render_scale=cfg.render_scale,
                                   scene=scene(cfg))
     tuned = {}
-    for name in adapters:
+    for name in METHODS:
         print(f"[demo] {name}: choosing the conditioning scale ...", flush=True)
         best, aps = tune_conditioning_scale(models[name], tuning, network, scales,
                                             cfg.batch_size)
         tuned[name] = {"chosen": best, "ap": aps}
         print(f"[demo] {name}: scale {best} (AP by scale {aps})", flush=True)
     print("[demo] generating and evaluating ...", flush=True)
-    results = evaluate_methods(models, val, network, cfg.batch_size, cfg.out)
+    scales = {n: tuned[n]["chosen"] if n in tuned else 1.0 for n in models}
+    results = evaluate_methods(models, scales, val, network, cfg.batch_size, cfg.out)
     results["conditioning_scale"] = tuned
     results["config"] = asdict(cfg)
     results["stage_seconds"] = {n: Stage(cfg, n, {}).info()["seconds"]
-                                for n in ("data", "pose", "vae", "base", *adapters)}
+                                for n in ("data", "pose", "vae", "base", *METHODS)}
     results["stage_seconds"]["evaluation"] = round(time.time() - evaluation_start, 1)
     results["wall_seconds"] = round(time.time() - start, 1)  # this run (reused stages cost ~0)
     write_report(results, cfg.out)
     return results
-
-
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    for field, value in asdict(DemoConfig()).items():
-        p.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value)
-    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (for tests)")
-    args = vars(p.parse_args(argv))
-    quick = args.pop("quick")
-    cfg = DemoConfig(**{**args, **(QUICK if quick else {})})
-    return run(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,3 @@
+from grpose.demo import main
+
+main()
