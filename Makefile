@@ -4,13 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
-CONFIG ?= configs/tiny/grpose_skeleton.yaml configs/data/synthetic_tiny.yaml
+CONFIG ?= configs/trainer/cpu.yaml configs/base/tiny.yaml configs/data/synthetic_tiny.yaml configs/method/tiny/grpose_skeleton.yaml
 ARGS ?=
 
 EVAL_CONFIG ?= configs/eval/humanart.yaml
 IMAGES ?= runs/predict
 
-.PHONY: help install lock demo test test-all train eval bench clean
+.PHONY: help install lock demo test test-all test-gpu train eval bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -42,7 +42,10 @@ test: install  ## run the fast test suite (offline, CPU)
 test-all: install  ## run every test, the slow end-to-end ones too
 	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
-train: install  ## fit a model: make train CONFIG="configs/sd15/grpose_skeleton.yaml configs/data/humanart.yaml" ARGS=...
+test-gpu: install  ## run the CUDA tests (on a machine with a GPU)
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+train: install  ## fit a model: make train CONFIG="trainer base data method configs" ARGS=... (default: tiny GRPose, CPU)
 	$(PY) -m grpose fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
 
 eval: install  ## score generated images: make eval IMAGES=dir EVAL_CONFIG=configs/eval/humanart.yaml ARGS=...

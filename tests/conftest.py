@@ -150,6 +150,31 @@ def tiny_batch():
     return collate_pose_samples([ds[i] for i in range(3)])
 
 
+@pytest.fixture
+def tiny_inputs(tiny_parts, tiny_batch):
+    """`(noisy latents (3, 4, 16, 16), text states (3, 77, 32), PoseCondition)` of `tiny_batch`."""
+    from grpose.data import PoseCondition
+    _, vae, text_encoder = tiny_parts
+    with torch.no_grad():
+        latents = vae.encode(tiny_batch.image).latent_dist.mean
+        text = text_encoder(tiny_batch.captions)
+    noisy = latents + torch.randn_like(latents)
+    return noisy, text, PoseCondition.from_batch(tiny_batch, (16, 16))
+
+
+def perturb_zero_parameters(module: torch.nn.Module) -> None:
+    """Give every all-zero parameter (zero convs, zero biases) small random values."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.any():
+                p.normal_(std=0.05)
+
+
+@pytest.fixture(name="perturb_zero_parameters")
+def _perturb_fixture():
+    return perturb_zero_parameters
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests are skipped on machines without CUDA."""
     if torch.cuda.is_available():

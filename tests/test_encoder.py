@@ -12,20 +12,17 @@ from grpose.diffusion.components import ddim_scheduler, tiny_unet
 from grpose.diffusion.denoiser import predict_eps
 from grpose.diffusion.guidance import ClassifierFreeGuidance, StepHook
 from grpose.diffusion.sampling import sample_latents
-from grpose.methods import ControlNet, NoPose, UNetConditioning
+from grpose.methods import ControlNet, NoPose, PoseMethod, UNetConditioning
 from grpose.methods.film import FiLM, modulate
 
 T = torch.tensor([10, 400, 900])
 
 
 @pytest.fixture
-def perturbed_controlnet(tiny_parts):
+def perturbed_controlnet(tiny_parts, perturb_zero_parameters):
     method = ControlNet((8, 16, 32))
     method.attach(tiny_parts[0])
-    with torch.no_grad():
-        for p in method.parameters():
-            if not p.any():
-                p.normal_(std=0.05)
+    perturb_zero_parameters(method)
     return method
 
 
@@ -44,7 +41,7 @@ def test_encoder_loop_equals_controlnet_model(perturbed_controlnet, inputs):
         down, mid = perturbed_controlnet.controlnet(
             noisy, T, encoder_hidden_states=text, controlnet_cond=(cond.pose_image + 1) / 2,
             return_dict=False)
-    assert len(ours.down_residuals) == len(down) == 8  # conv_in + 4 levels x 1 layer + 3 downsamplers
+    assert len(ours.down_residuals) == len(down) == 8  # conv_in, 4 levels x 1 layer, 3 downsamplers
     for a, b in zip([*ours.down_residuals, ours.mid_residual], [*down, mid]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
@@ -160,3 +157,51 @@ def test_step_hooks_get_gradients_and_zero_strength_changes_nothing(tiny_parts, 
     plain, hook = run([]), NudgeTowardsZero(0.0)
     assert torch.equal(run([hook]), plain) and hook.calls == 3
     assert not torch.allclose(run([NudgeTowardsZero(1.0)]), plain)
+
+
+class Given(PoseMethod):
+    """A stand-in method returning a fixed `UNetConditioning` (zeroed where inactive)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def forward(self, noisy_latents, timesteps, text_states, cond):
+        return self.make(len(noisy_latents))
+
+
+def test_intrablock_residuals_reach_the_down_blocks(tiny_parts, inputs):
+    unet = tiny_parts[0]
+    noisy, text, cond = inputs
+    shapes = [(32, 16, 16), (32, 8, 8), (64, 4, 4), (64, 2, 2)]  # one per tiny down block
+
+    def intrablock(value):
+        return Given(lambda b: UNetConditioning(
+            intrablock_residuals=[torch.full((b, *s), value) for s in shapes]))
+    with torch.no_grad():
+        plain = unet(noisy, T, encoder_hidden_states=text).sample
+        assert torch.equal(predict_eps(unet, intrablock(0.0), noisy, T, text, cond), plain)
+        some = predict_eps(unet, intrablock(0.5), noisy, T, text, cond)
+        half = predict_eps(unet, intrablock(0.25), noisy, T, text, cond)
+        torch.testing.assert_close(
+            predict_eps(unet, intrablock(0.5), noisy, T, text, cond, scale=0.5), half)
+        mixed = predict_eps(unet, intrablock(0.5), noisy, T, text,
+                            cond.with_active(torch.tensor([True, False, True])))
+    assert not torch.allclose(some, plain)
+    torch.testing.assert_close(mixed[1], plain[1])
+    torch.testing.assert_close(mixed[0], some[0])
+
+
+def test_extra_channels_are_concatenated_to_the_unet_input(inputs):
+    unet = tiny_unet(in_channels=7)
+    noisy, text, cond = inputs
+    extra = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    method = Given(lambda b: UNetConditioning(extra_channels=extra))
+    with torch.no_grad():
+        eps = predict_eps(unet, method, noisy, T, text, cond)
+        want = unet(torch.cat([noisy, extra], 1), T, encoder_hidden_states=text).sample
+        off = predict_eps(unet, method, noisy, T, text, cond.with_active(False))
+        blank = unet(torch.cat([noisy, torch.zeros_like(extra)], 1), T,
+                     encoder_hidden_states=text).sample
+    torch.testing.assert_close(eps, want)
+    torch.testing.assert_close(off, blank)  # inactive: the pose channels are zero

@@ -6,7 +6,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from grpose.data import PoseCondition
 from grpose.diffusion.denoiser import apply_conditioning
 from grpose.methods import GRPoseFeature, GRPoseSkeleton
 from grpose.methods.grpose.feature import FeaturePGIStage, PoseEncoder
@@ -19,14 +18,10 @@ VARIANTS = ["skeleton", "feature"]
 
 
 @pytest.fixture
-def inputs(tiny_parts, tiny_batch):
+def inputs(tiny_inputs):
     """`(noisy latents, timesteps, text states, pose)` for the 3-item tiny batch."""
-    _, vae, text_encoder = tiny_parts
-    with torch.no_grad():
-        latents = vae.encode(tiny_batch.image).latent_dist.mean  # (3, 4, 16, 16)
-        text = text_encoder(tiny_batch.captions)  # (3, 77, 32)
-    noisy = latents + torch.randn_like(latents)
-    return noisy, torch.tensor([10, 400, 900]), text, PoseCondition.from_batch(tiny_batch, (16, 16))
+    noisy, text, cond = tiny_inputs
+    return noisy, torch.tensor([10, 400, 900]), text, cond
 
 
 def _adapter(unet, graph: str, **kwargs):
@@ -34,14 +29,6 @@ def _adapter(unet, graph: str, **kwargs):
     adapter = cls(**{**TINY[graph], **kwargs})
     adapter.attach(unet)
     return adapter
-
-
-def _perturb_zero_parameters(adapter) -> None:
-    # every all-zero parameter (zero convs, zero biases) gets small random values
-    with torch.no_grad():
-        for p in adapter.parameters():
-            if not p.any():
-                p.normal_(std=0.05)
 
 
 def _eps(unet, noisy, timesteps, text, output):
@@ -57,10 +44,10 @@ def test_every_level_has_its_stage(tiny_parts, graph):
 
 
 @pytest.mark.parametrize("graph", VARIANTS)
-def test_gradient_reaches_every_parameter(tiny_parts, inputs, graph):
+def test_gradient_reaches_every_parameter(tiny_parts, inputs, graph, perturb_zero_parameters):
     unet = tiny_parts[0]
     adapter = _adapter(unet, graph)
-    _perturb_zero_parameters(adapter)
+    perturb_zero_parameters(adapter)
     noisy, timesteps, text, pose = inputs
     eps = _eps(unet, noisy, timesteps, text, adapter(noisy, timesteps, text, pose))
     eps.square().mean().backward()
@@ -77,14 +64,15 @@ def test_gradient_reaches_every_parameter(tiny_parts, inputs, graph):
 
 
 @pytest.mark.parametrize("graph", VARIANTS)
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_parts, inputs, graph):
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_parts, inputs, graph,
+                                                        perturb_zero_parameters):
     unet = tiny_parts[0]
     noisy, timesteps, text, pose = inputs
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
         adapter = _adapter(unet, graph, gradient_checkpointing=checkpointing)
-        _perturb_zero_parameters(adapter)
+        perturb_zero_parameters(adapter)
         output = adapter(noisy, timesteps, text, pose)
         loss = sum(r.square().sum() for r in output.down_residuals)
         (loss + output.mid_residual.square().sum()).backward()
@@ -94,11 +82,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_parts, inputs, gra
         torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
 
 
-def test_skeleton_variant_runs_the_plain_path_without_people(tiny_parts, inputs):
+def test_skeleton_variant_runs_the_plain_path_without_people(tiny_parts, inputs,
+                                                            perturb_zero_parameters):
     unet = tiny_parts[0]
     adapter = _adapter(unet, "skeleton")
     noisy, timesteps, text, pose = inputs
-    _perturb_zero_parameters(adapter)
+    perturb_zero_parameters(adapter)
     with torch.no_grad():
         with_people = adapter(noisy, timesteps, text, pose)
         nobody = replace(pose, person_mask=torch.zeros_like(pose.person_mask))

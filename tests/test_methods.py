@@ -21,25 +21,6 @@ def build(name: str):
     return method_from_config(f"configs/method/tiny/{name}.yaml")
 
 
-def perturb_zeros(method) -> None:
-    # every all-zero parameter (zero convs, zero biases) gets small random values
-    with torch.no_grad():
-        for p in method.parameters():
-            if not p.any():
-                p.normal_(std=0.05)
-
-
-@pytest.fixture
-def inputs(tiny_parts, tiny_batch):
-    """`(noisy latents, text states, condition)` for the 3-item tiny batch (16 x 16 latents)."""
-    from grpose.data import PoseCondition
-    _, vae, text_encoder = tiny_parts
-    with torch.no_grad():
-        latents = vae.encode(tiny_batch.image).latent_dist.mean  # (3, 4, 16, 16)
-        text = text_encoder(tiny_batch.captions)  # (3, 77, 32)
-    return latents + torch.randn_like(latents), text, PoseCondition.from_batch(tiny_batch, (16, 16))
-
-
 def test_registry_has_a_tiny_and_an_sd15_config_per_method():
     for name in NAMES:
         assert isinstance(build(name), METHODS[name])
@@ -47,11 +28,11 @@ def test_registry_has_a_tiny_and_an_sd15_config_per_method():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_zero_init_leaves_the_unet_prediction_unchanged(tiny_parts, inputs, name):
+def test_zero_init_leaves_the_unet_prediction_unchanged(tiny_parts, tiny_inputs, name):
     unet = tiny_parts[0]
     method = build(name)
     method.attach(unet)
-    noisy, text, cond = inputs
+    noisy, text, cond = tiny_inputs
     with torch.no_grad():
         plain = unet(noisy, T, encoder_hidden_states=text).sample
         assert torch.equal(predict_eps(unet, method, noisy, T, text, cond), plain)
@@ -78,22 +59,23 @@ def test_one_training_step_changes_only_the_method(tiny_parts, tiny_batch, name)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_seeded_sampling_reproduces(tiny_parts, tiny_batch, name):
+def test_seeded_sampling_reproduces(tiny_parts, tiny_batch, name, perturb_zero_parameters):
     unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
     m = PoseDiffusionModule(unet, vae, text, build(name), noise_scheduler(),
                             num_inference_steps=2).eval()
-    perturb_zeros(m.method)
+    perturb_zero_parameters(m.method)
     a, b = m.generate(tiny_batch), m.generate(tiny_batch)
     assert torch.equal(a, b) and not torch.equal(a, m.generate(tiny_batch, seeds=[5, 6, 7]))
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_inactive_items_get_the_unconditional_behaviour(tiny_parts, inputs, name):
+def test_inactive_items_get_the_unconditional_behaviour(tiny_parts, tiny_inputs, name,
+                                                        perturb_zero_parameters):
     unet = tiny_parts[0]
     method = build(name)
     method.attach(unet)
-    perturb_zeros(method)
-    noisy, text, cond = inputs
+    perturb_zero_parameters(method)
+    noisy, text, cond = tiny_inputs
     active = torch.tensor([True, False, True])
     with torch.no_grad():
         mixed = predict_eps(unet, method, noisy, T, text, cond.with_active(active))
@@ -109,16 +91,17 @@ def test_inactive_items_get_the_unconditional_behaviour(tiny_parts, inputs, name
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_checkpoint_round_trip(tiny_parts, inputs, tmp_path, name):
+def test_checkpoint_round_trip(tiny_parts, tiny_inputs, tmp_path, name,
+                               perturb_zero_parameters):
     unet = tiny_parts[0]
     method = build(name)
     method.attach(unet)
-    perturb_zeros(method)
+    perturb_zero_parameters(method)
     torch.save(method.state_dict(), tmp_path / "m.pt")
     fresh = build(name)
     fresh.attach(unet)
     fresh.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
-    noisy, text, cond = inputs
+    noisy, text, cond = tiny_inputs
     with torch.no_grad():
         assert torch.equal(predict_eps(unet, fresh, noisy, T, text, cond),
                            predict_eps(unet, method, noisy, T, text, cond))
@@ -126,13 +109,14 @@ def test_checkpoint_round_trip(tiny_parts, inputs, tmp_path, name):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", NAMES)
-def test_forward_backward_on_cuda_in_bf16(tiny_parts, inputs, name):
+def test_forward_backward_on_cuda_in_bf16(tiny_parts, tiny_inputs, name,
+                                         perturb_zero_parameters):
     unet = copy.deepcopy(tiny_parts[0]).cuda()
     method = build(name)
     method.attach(unet)
     method.cuda()
-    perturb_zeros(method)
-    noisy, text, cond = inputs
+    perturb_zero_parameters(method)
+    noisy, text, cond = tiny_inputs
     with torch.autocast("cuda", dtype=torch.bfloat16):
         eps = predict_eps(unet, method, noisy.cuda(), T.cuda(), text.cuda(), cond.to("cuda"))
     eps.float().square().mean().backward()

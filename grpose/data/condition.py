@@ -1,7 +1,8 @@
 """`PoseCondition`: everything a method sees of the pose, at the latent grid of one call."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -10,6 +11,7 @@ from grpose.data.render import pose_mask
 
 COARSE_KERNEL, FINE_KERNEL = 23, 13  # Gaussian kernels of the coarse / fine pose masks (sigma 3)
 IMAGE_FIELDS = ("pose_image", "coarse_mask", "fine_mask")  # cast with the model's dtype
+TENSOR_FIELDS = ("pose_image", "keypoints", "person_mask", "coarse_mask", "fine_mask", "active")
 
 
 @dataclass
@@ -26,6 +28,7 @@ class PoseCondition:
     coarse_mask: torch.Tensor  # (B, 1, h, w) 0/1 on the latent grid (blur kernel 23)
     fine_mask: torch.Tensor  # (B, 1, h, w) 0/1 on the latent grid (blur kernel 13)
     active: torch.Tensor  # (B,) bool
+    prepared: Any = None  # what the method's `prepare` computed from the pose alone (per call)
 
     @classmethod
     def from_pose(cls, pose_image: torch.Tensor, keypoints: torch.Tensor,
@@ -57,22 +60,25 @@ class PoseCondition:
 
     def to(self, device=None, dtype=None) -> PoseCondition:
         """Tensors moved to `device`; floating ones (images, masks) cast to `dtype`."""
-        return PoseCondition(**{f.name: getattr(self, f.name).to(
-            device, dtype if f.name in IMAGE_FIELDS else None) for f in fields(self)})
+        return replace(self, **{name: getattr(self, name).to(
+            device, dtype if name in IMAGE_FIELDS else None) for name in TENSOR_FIELDS})
 
     @staticmethod
     def cat(conditions: list[PoseCondition]) -> PoseCondition:
-        """Conditions stacked along the batch (people padded to the largest count)."""
+        """Conditions stacked along the batch (people padded to the largest count), before any
+        `prepare`."""
+        if any(c.prepared is not None for c in conditions):
+            raise ValueError("concatenate conditions before the method prepares them")
         pmax = max(c.keypoints.shape[1] for c in conditions)
-        parts = {f.name: [] for f in fields(PoseCondition)}
+        parts = {name: [] for name in TENSOR_FIELDS}
         for c in conditions:
             pad = pmax - c.keypoints.shape[1]
-            for f in fields(c):
-                x = getattr(c, f.name)
-                if f.name == "keypoints" and pad:
+            for name in TENSOR_FIELDS:
+                x = getattr(c, name)
+                if name == "keypoints" and pad:
                     x = torch.cat([x, x.new_tensor([-1.0, -1.0, 0.0]).expand(
                         len(c), pad, *x.shape[2:]).clone()], 1)
-                elif f.name == "person_mask" and pad:
+                elif name == "person_mask" and pad:
                     x = torch.cat([x, x.new_zeros(len(c), pad)], 1)
-                parts[f.name].append(x)
+                parts[name].append(x)
         return PoseCondition(**{k: torch.cat(v) for k, v in parts.items()})

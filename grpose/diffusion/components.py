@@ -67,16 +67,17 @@ def seeded(seed: int):
 
 
 def tiny_unet(block_out_channels=(32, 32, 64, 64), cross_attention_dim: int = 32,
-              sample_size: int = 16, layers_per_block: int = 1, seed: int = 0
-              ) -> UNet2DConditionModel:
+              sample_size: int = 16, layers_per_block: int = 1, seed: int = 0,
+              in_channels: int = 4) -> UNet2DConditionModel:
     """A small random-init UNet with SD 1.5's block structure (4 levels, cross-attention in the
     first three), for tests and the CPU demo."""
     n = len(block_out_channels)
     with seeded(seed):
         return UNet2DConditionModel(
-            sample_size=sample_size, in_channels=4, out_channels=4,
+            sample_size=sample_size, in_channels=in_channels, out_channels=4,
             layers_per_block=layers_per_block, block_out_channels=tuple(block_out_channels),
-            norm_num_groups=8, down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+            norm_num_groups=8,
+            down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
             cross_attention_dim=cross_attention_dim, attention_head_dim=8)
 

@@ -30,8 +30,11 @@ def predict_eps(unet: nn.Module, method: PoseMethod, noisy_latents: torch.Tensor
 
     `scale` multiplies the method's residuals and FiLM terms (the conditioning scale of
     inference). Items with `cond.active` False get no conditioning, unless the method handles
-    them itself (`PoseMethod.handles_inactive`).
+    them itself (`PoseMethod.handles_inactive`). `method.prepare` runs here unless the caller
+    ran it already (the sampler does, once per run).
     """
+    if cond.prepared is None:
+        cond = method.prepare(cond)
     c = method(noisy_latents, timesteps, text_states, cond)
     if not method.handles_inactive and not cond.all_active:
         c = c.masked(cond.active)

@@ -26,12 +26,13 @@ def initial_latents(seeds: list[int], shape: tuple[int, ...], device, dtype) -> 
 def sample_latents(eps_fn: EpsFn, scheduler: DDIMScheduler, text_states: torch.Tensor,
                    negative_states: torch.Tensor, cond: PoseCondition, latents: torch.Tensor,
                    guidance: ClassifierFreeGuidance, num_steps: int = 50, eta: float = 0.0,
-                   hooks: Sequence[StepHook] = (), progress: bool = False) -> torch.Tensor:
+                   hooks: Sequence[StepHook] = (), prepare: Callable | None = None,
+                   progress: bool = False) -> torch.Tensor:
     """Run DDIM from `latents (B, 4, h, w)`; returns the final latents.
 
     `eps_fn(x_t, t, text_states, cond)` is the denoiser (`predict_eps` bound to a UNet and a
     method); `guidance` builds one batch of all its branches per step; each hook may then
-    change the guided eps.
+    change the guided eps. `prepare` (the method's) runs once, on all branches' condition.
     """
     scheduler = copy.deepcopy(scheduler)  # set_timesteps mutates it
     scheduler.set_timesteps(num_steps, device=latents.device)
@@ -39,6 +40,8 @@ def sample_latents(eps_fn: EpsFn, scheduler: DDIMScheduler, text_states: torch.T
     branches = guidance.branches()
     states = torch.cat([text_states if b.text else negative_states for b in branches])
     conds = PoseCondition.cat([cond if b.pose else cond.with_active(False) for b in branches])
+    if prepare is not None:
+        conds = prepare(conds)
     alphas = scheduler.alphas_cumprod.to(latents.device)
     with_grad = any(h.requires_grad for h in hooks)
     for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="DDIM",

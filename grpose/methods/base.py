@@ -68,6 +68,12 @@ class PoseMethod(nn.Module):
     def attach(self, unet: nn.Module) -> None:
         """Build the parts that depend on the frozen UNet. Called once by the diffusion module."""
 
+    def prepare(self, cond: PoseCondition) -> PoseCondition:
+        """Work that depends on the pose alone (not on x_t, t or the text), returned in
+        `cond.prepared` for `forward` to read: the sampler calls it once per sampling run, the
+        denoising path once per call where it was not done. Default: nothing to prepare."""
+        return cond
+
     def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor,
                 text_states: torch.Tensor, cond: PoseCondition) -> UNetConditioning:
         raise NotImplementedError

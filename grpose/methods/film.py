@@ -47,8 +47,8 @@ def modulate(model: nn.Module, films: dict[str, FiLM] | None):
     try:
         for name, film in (films or {}).items():
             if not BLOCK_NAME.fullmatch(name):
-                raise ValueError(f"FiLM target {name!r}: only whole blocks "
-                                 "('up_blocks.<i>', 'down_blocks.<i>', 'mid_block') can be modulated")
+                raise ValueError(f"FiLM target {name!r}: only whole blocks ('up_blocks.<i>', "
+                                 "'down_blocks.<i>', 'mid_block') can be modulated")
             handles.append(model.get_submodule(name).register_forward_hook(_hook(film, name)))
         yield
     finally:

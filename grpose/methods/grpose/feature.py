@@ -123,8 +123,9 @@ class GRPoseFeature(EncoderCopyMethod):
             resnet = block.resnets[0]
             block.resnets[0] = FeaturePGIStage(
                 resnet.in_channels, resnet.out_channels, self.pose_channels[level + 1],
-                resnet.time_emb_proj.in_features, self.controlnet.config.norm_num_groups, self.knn_k,
-                self.dropout)
+                resnet.time_emb_proj.in_features, self.controlnet.config.norm_num_groups,
+                self.knn_k, self.dropout)
 
     def contexts(self, noisy_latents: torch.Tensor, cond: PoseCondition) -> list:
-        return self.pose_encoder(cond.pose_image.to(noisy_latents.device, noisy_latents.dtype))
+        pose = cond.pose_image.to(noisy_latents.device, noisy_latents.dtype)
+        return self.pose_encoder(pose)
