@@ -2,13 +2,17 @@
 import sys
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
 from grpose.data import PoseDataModule, SyntheticPoseDataset, collate_pose_samples
+from grpose.data.skeletons import COCO17_SIGMAS
 from grpose.pose import (RMPG, NetworkDetector, OnnxDetector, PoseEstimatorModule, PoseNetwork,
                          decode_people, encode_targets, match_people, oks)
 from grpose.pose.decode import grid_to_pixel, pixel_to_grid
+from grpose.pose.similarity import keypoint_areas
+from grpose.pose.similarity import oks as numpy_oks
 
 MAPS = ("centers", "heatmaps", "offsets", "refinements")
 
@@ -119,6 +123,20 @@ def test_oks_and_matching():
     scores = torch.cat([torch.zeros(len(gt)), torch.ones(len(gt))])
     assert torch.allclose(match_people(both, scores, gt), torch.ones(len(gt)))
     assert torch.equal(match_people(gt[:0], torch.zeros(0), gt), torch.zeros(len(gt)))
+
+
+def test_torch_oks_agrees_with_the_numpy_oks():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.cat([torch.rand(6, 17, 2, generator=g) * 60, torch.rand(6, 17, 1, generator=g)], -1)
+    gt[..., 2] = (gt[..., 2] > 0.3).float()  # some joints invisible
+    gt[0, 1:, 2] = 0  # one visible joint: box area 0, clamped to 1
+    pred = gt[torch.randint(0, 6, (5,), generator=g)].clone()
+    pred[..., :2] += torch.randn(5, 17, 2, generator=g) * 3
+    g_np = gt.double().numpy()[None]  # (1, G, 17, 3)
+    visible = g_np[..., 2] > 0
+    area = np.maximum(keypoint_areas(g_np, visible), 1.0)  # the torch wrapper's area rule
+    want = numpy_oks(pred.double().numpy()[None, ..., :2], g_np, visible, area, COCO17_SIGMAS)
+    assert torch.allclose(oks(pred, gt).double(), torch.from_numpy(want[0]), rtol=1e-6, atol=1e-7)
 
 
 # -- network and training ----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Vectorised COCO keypoint evaluation (numpy): pairwise similarities, greedy matching, AP.
+"""Vectorised COCO keypoint evaluation (numpy): CAP's similarity, greedy matching, AP (OKS is in
+`grpose.pose.similarity`).
 
 The matching and accumulation reproduce pycocotools' `COCOeval.evaluate` / `accumulate` /
 `summarize` (keypoints, one category, area range "all", no crowd) over many images at once;
@@ -10,41 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from grpose.pose.similarity import EPS, extent
+
 # pycocotools' default keypoint parameters, built the same way so the floats are identical.
 IOU_THRESHOLDS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
-_EPS = np.spacing(1)
-
-
-def _extent(v: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Max - min of `v` over the masked entries of its last axis (0 when none are)."""
-    hi = np.where(mask, v, -np.inf).max(-1)
-    lo = np.where(mask, v, np.inf).min(-1)
-    return np.where(mask.any(-1), hi - lo, 0.0)
-
-
-def keypoint_areas(gt: np.ndarray, visible: np.ndarray, legacy: bool = False) -> np.ndarray:
-    """Box area of each ground-truth person, `(N, G, 17, 3)` -> `(N, G)`.
-
-    The box spans the visible keypoints; `legacy` spans all 17, `-1` placeholders included.
-    """
-    mask = np.ones_like(visible) if legacy else visible
-    return _extent(gt[..., 0], mask) * _extent(gt[..., 1], mask)
-
-
-def oks(det_xy: np.ndarray, gt: np.ndarray, visible: np.ndarray, area: np.ndarray,
-        sigmas: np.ndarray) -> np.ndarray:
-    """COCO object keypoint similarity of every (detection, ground truth) pair of each image.
-
-    det_xy `(N, D, 17, 2)`, gt `(N, G, 17, 3)`, visible `(N, G, 17)`, area `(N, G)` -> `(N, D, G)`.
-    Ground-truth people must have at least one visible keypoint.
-    """
-    variances = (sigmas * 2) ** 2  # (17,)
-    d2 = ((det_xy[:, :, None] - gt[:, None, :, :, :2]) ** 2).sum(-1)  # (N, D, G, 17)
-    with np.errstate(over="ignore"):
-        e = d2 / variances / (area[:, None, :, None] + _EPS) / 2
-    vis = visible[:, None]  # (N, 1, G, 17)
-    return np.where(vis, np.exp(-e), 0.0).sum(-1) / np.maximum(vis.sum(-1), 1)
 
 
 def _min_max(v: np.ndarray, mask: np.ndarray, legacy: bool) -> np.ndarray:
@@ -105,7 +76,7 @@ def shapeless(gt: np.ndarray, visible: np.ndarray, sigmas: np.ndarray) -> np.nda
     to any detection is 0, and COCO-style they are ignored (neither matched nor missed).
     """
     mask = visible.astype(bool)
-    return (_extent(gt[..., 0] / sigmas, mask) == 0) & (_extent(gt[..., 1] / sigmas, mask) == 0)
+    return (extent(gt[..., 0] / sigmas, mask) == 0) & (extent(gt[..., 1] / sigmas, mask) == 0)
 
 
 def greedy_match(sim: np.ndarray, det_valid: np.ndarray, gt_valid: np.ndarray,
@@ -152,7 +123,7 @@ def average_precision(det_matched: np.ndarray, scores: np.ndarray, det_valid: np
     tp = np.cumsum(tps, axis=1, dtype=float)
     fp = np.cumsum(~tps, axis=1, dtype=float)
     recall = tp / num_gt
-    precision = tp / (fp + tp + _EPS)
+    precision = tp / (fp + tp + EPS)
     precision = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]  # (T, K) envelope
     sampled = np.zeros((len(recall), len(RECALL_THRESHOLDS)))  # (T, R)
     for t in range(len(recall)):

@@ -12,8 +12,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from grpose.data.skeletons import COCO17_SIGMAS, NUM_JOINTS
-from grpose.metrics.coco_eval import (average_precision, greedy_match, keypoint_areas,
-                                      keypoint_cosine, oks, shapeless)
+from grpose.metrics.coco_eval import average_precision, greedy_match, keypoint_cosine, shapeless
+from grpose.pose.similarity import keypoint_areas, oks
 
 _STATES = ("gt", "num_gt", "det_xy", "det_scores", "num_det", "num_det_raw", "ids", "batch")
 _FLOAT_STATES = ("gt", "det_xy", "det_scores")

@@ -13,10 +13,13 @@ heatmap within a radius.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from grpose.data.skeletons import COCO17_SIGMAS
+from grpose.pose import similarity
+
 
 def pixel_to_grid(xy: torch.Tensor, stride: tuple[float, float]) -> torch.Tensor:
     """Pixel (x, y) -> grid (x, y) for a map of `stride = (sx, sy)`."""
@@ -178,16 +181,15 @@ def oks(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """COCO object keypoint similarity `(D, G)` of people `(D, 17, 3)` against `(G, 17, 3)`.
 
     Only the ground truth's visible joints count; its area is that of their bounding box.
+    A torch wrapper (no gradient) of `grpose.pose.similarity.oks`, computed in float64.
     """
-    sigmas = torch.as_tensor(COCO17_SIGMAS, dtype=gt.dtype, device=gt.device)
-    visible = gt[..., 2] > 0  # (G, 17)
-    big = torch.finfo(gt.dtype).max
-    lo = torch.where(visible[..., None], gt[..., :2], big).amin(1)
-    hi = torch.where(visible[..., None], gt[..., :2], -big).amax(1)
-    area = ((hi - lo).clamp(min=0).prod(-1) * visible.any(1)).clamp(min=1.0)  # (G,)
-    d2 = ((pred[:, None, :, :2] - gt[None, :, :, :2]) ** 2).sum(-1)  # (D, G, 17)
-    e = torch.exp(-d2 / (2 * area[None, :, None] * (2 * sigmas) ** 2))
-    return (e * visible).sum(-1) / visible.sum(-1).clamp(min=1)
+    g = gt.detach().cpu().double().numpy()[None]  # (1, G, 17, 3)
+    visible = g[..., 2] > 0  # (1, G, 17)
+    # Area clamped to >= 1 and no epsilon, unlike the metric (pycocotools: area + eps, no clamp).
+    area = np.maximum(similarity.keypoint_areas(g, visible), 1.0)  # (1, G)
+    det_xy = pred.detach().cpu().double().numpy()[None, ..., :2]  # (1, D, 17, 2)
+    sim = similarity.oks(det_xy, g, visible, area, COCO17_SIGMAS, eps=0.0)  # (1, D, G)
+    return torch.as_tensor(sim[0], dtype=gt.dtype, device=gt.device)
 
 
 def match_people(pred: torch.Tensor, scores: torch.Tensor, gt: torch.Tensor,
