@@ -71,7 +71,8 @@ class SamplingStep:
 
 class StepHook:
     """A per-step sampling hook: `__call__(step) -> eps` (return `step.eps` to change nothing).
-    `requires_grad = True` makes the sampler build the graph from `x_t` for it."""
+    `requires_grad = True` makes the sampler build the graph from `x_t` for it (under Lightning's
+    validate / predict, set `trainer.inference_mode: false` for such hooks)."""
 
     requires_grad = False
 
