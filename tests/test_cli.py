@@ -87,7 +87,7 @@ def test_every_method_config_composes_at_both_scales(capsys, name):
         assert style == ("openpose" if name == "controlnet" else "humansd")
 
 
-@pytest.mark.parametrize("name", ["grpose_skeleton", "grpose_feature"])
+@pytest.mark.parametrize("name", ["grpose_skeleton", "grpose_feature", "stable_pose"])
 def test_tiny_grpose_configs_fit_one_step(tmp_path, name):
     cli = main(["fit", *compose(*TINY, f"method/tiny/{name}"), "--trainer.fast_dev_run=1",
                 f"--trainer.default_root_dir={tmp_path}", "--data.init_args.batch_size=2",

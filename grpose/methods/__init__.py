@@ -3,12 +3,14 @@
 from grpose.methods.base import NoPose, PoseMethod, UNetConditioning
 from grpose.methods.controlnet import ControlNet
 from grpose.methods.grpose import GRPoseFeature, GRPoseSkeleton
+from grpose.methods.stable_pose import StablePose
 
 METHODS: dict[str, type[PoseMethod]] = {
     "no_pose": NoPose,
     "controlnet": ControlNet,
     "grpose_skeleton": GRPoseSkeleton,
     "grpose_feature": GRPoseFeature,
+    "stable_pose": StablePose,
 }
 """Every method by its registry name (the name of its YAML under configs/method/)."""
 CLASS_PATHS = {f"grpose.methods.{cls.__name__}": name
@@ -38,4 +40,4 @@ def method_from_config(path: str, **overrides) -> PoseMethod:
 
 
 __all__ = ["METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton", "NoPose", "PoseMethod",
-           "UNetConditioning", "method_class", "method_from_config"]
+           "StablePose", "UNetConditioning", "method_class", "method_from_config"]
