@@ -132,6 +132,9 @@ def test_edge_list_message_passing_matches_dgl(mixed_pose, level):
     torch.testing.assert_close(outs[1], outs[0])
     for torch_grad, dgl_grad in zip(grads[1], grads[0]):
         torch.testing.assert_close(torch_grad, dgl_grad)
+    edges = graph.joint_edges if level == "joints" else graph.part_edges
+    assert torch.equal(edges, torch.stack(g.edges()))  # the list the hierarchy passes
+    torch.testing.assert_close(layer(g, x, edges), outs[0])
 
 
 def test_skeleton_graph_stays_on_cpu_with_indices_and_passing_off_it(mixed_pose):
@@ -139,7 +142,8 @@ def test_skeleton_graph_stays_on_cpu_with_indices_and_passing_off_it(mixed_pose)
     assert graph.joints.device == graph.parts.device == torch.device("cpu")
     assert {t.device.type for t in (graph.joint_xy, graph.joint_id, graph.joint_part,
                                     graph.joint_image, graph.part_id, graph.part_body,
-                                    graph.body_image, graph.bones)} == {"meta"}
+                                    graph.body_image, graph.bones, graph.joint_edges,
+                                    graph.part_edges)} == {"meta"}
     out = SkeletonHierarchy(8).to("meta")(graph, torch.randn(38, 8, device="meta"))
     assert out.shape == (38, 8) and out.device.type == "meta"
     resnet = ResnetBlock2D(in_channels=8, out_channels=16, temb_channels=12, groups=4)

@@ -7,8 +7,10 @@ linked where a bone joins them, plus self loops). All people of a batch go into 
 graph per level, so message passing is one call however many people there are.
 
 Device rule: the DGL graphs are always built and kept on the CPU (the installed DGL is a CPU-only
-build) while the index tensors go to the feature device, and message passing runs DGL's
-`update_all` on CPU features and the same mean over an edge list in plain torch elsewhere.
+build) while the index tensors (edge lists included) go to the feature device. Message passing
+is the mean over the edge list in plain torch on every device by default: on these small graphs
+DGL's `update_all` costs about 1.7x as much on the CPU (per-call overhead; `docs/benchmarks.md`)
+and cannot run on a GPU; `use_dgl=True` runs DGL's (tested equal).
 """
 from __future__ import annotations
 
@@ -63,6 +65,8 @@ class SkeletonGraph:
     part_id: torch.Tensor  # (Np,) index into COCO17_PARTS
     part_body: torch.Tensor  # (Np,) body node of each part
     body_image: torch.Tensor  # (Nb,) batch index of each person with a graph
+    joint_edges: torch.Tensor  # (2, Ej) src / dst joint nodes of `joints`' edges
+    part_edges: torch.Tensor  # (2, Ep) src / dst part nodes of `parts`' edges
     bones: torch.Tensor  # (Nbones, 2) joint nodes of each present bone, once
     num_images: int
 
@@ -121,9 +125,11 @@ def build_skeleton_graph(keypoints: torch.Tensor, person_mask: torch.Tensor,
     bones = torch.tensor(BONES).T  # (2, 18)
     bone_nodes = torch.stack([joint_node[..., bones[0]], joint_node[..., bones[1]]], -1)
     bone_nodes = bone_nodes[(bone_nodes >= 0).all(-1)]  # (Nbones, 2)
+    joints = _batched_graph(joint_node, JOINT_EDGES, person_ok)
+    parts = _batched_graph(part_node, PART_EDGES, person_ok)
     return SkeletonGraph(
-        joints=_batched_graph(joint_node, JOINT_EDGES, person_ok),
-        parts=_batched_graph(part_node, PART_EDGES, person_ok),
+        joints=joints,
+        parts=parts,
         joint_xy=keypoints[b, p, j, :2].to(device),
         joint_id=j.to(device),
         joint_part=part_node[b, p, part_of_joint[j]].to(device),
@@ -131,6 +137,8 @@ def build_skeleton_graph(keypoints: torch.Tensor, person_mask: torch.Tensor,
         part_id=pk.to(device),
         part_body=body_node[pb, pp].to(device),
         body_image=person_ok.nonzero(as_tuple=True)[0].to(device),
+        joint_edges=torch.stack(joints.edges()).to(device),
+        part_edges=torch.stack(parts.edges()).to(device),
         bones=bone_nodes.to(device),
         num_images=keypoints.shape[0],
     )
@@ -144,17 +152,10 @@ def segment_mean(x: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tenso
     return total / count.clamp(min=1)[:, None].to(x.dtype)
 
 
-def _in_neighbour_mean(graph: dgl.DGLGraph, messages: torch.Tensor) -> torch.Tensor:
-    # mean of `messages (N, D)` over the in-neighbours of each node, from the edge list of
-    # `graph` moved to the messages' device: (N, D), zero where a node has no in-edge
-    src, dst = (nodes.to(messages.device) for nodes in graph.edges())  # (E,) each
-    return segment_mean(messages[src], dst, messages.shape[0])
-
-
 class SkeletonMessagePassing(nn.Module):
     """One residual message-passing layer: `x + MLP([h, mean_{j -> i} W h_j])` with `h = LN(x)`,
-    the mean over the in-neighbours of each node (its self loop included). The mean is DGL's
-    `update_all` for CPU features and an edge-list mean in torch on other devices.
+    the mean over the in-neighbours of each node (its self loop included): an edge-list mean in
+    torch, or DGL's `update_all` with `use_dgl=True` (CPU features only).
 
     Args:
         dim: node feature width.
@@ -172,19 +173,22 @@ class SkeletonMessagePassing(nn.Module):
         """The residual update from the normed nodes `h` and their aggregated messages."""
         return x + self.update(torch.cat([h, aggregated], -1))
 
-    def forward(self, graph: dgl.DGLGraph, x: torch.Tensor, use_dgl: bool | None = None
-                ) -> torch.Tensor:
-        """`x (N, D)` -> `(N, D)`; `use_dgl` picks the aggregation (default: DGL on CPU only)."""
+    def forward(self, graph: dgl.DGLGraph, x: torch.Tensor, edges: torch.Tensor | None = None,
+                use_dgl: bool = False) -> torch.Tensor:
+        """`x (N, D)` -> `(N, D)` over `graph`, whose edge list `edges (2, E)` may be given
+        (on `x`'s device) to save reading it from the DGL graph."""
         h = self.norm(x)  # (N, D)
         messages = self.message(h)  # (N, D)
-        use_dgl = x.device.type == "cpu" if use_dgl is None else use_dgl
         if use_dgl:
             with graph.local_scope():
                 graph.ndata["m"] = messages
                 graph.update_all(fn.copy_u("m", "msg"), fn.mean("msg", "agg"))
                 aggregated = graph.ndata["agg"]  # (N, D)
         else:
-            aggregated = _in_neighbour_mean(graph, messages)
+            if edges is None:
+                edges = torch.stack(graph.edges()).to(x.device)
+            src, dst = edges  # (E,) each
+            aggregated = segment_mean(messages[src], dst, messages.shape[0])
         return self.combine(x, h, aggregated)
 
 
@@ -211,11 +215,12 @@ class SkeletonHierarchy(nn.Module):
 
     def forward(self, graph: SkeletonGraph, joints: torch.Tensor) -> torch.Tensor:
         """`joints (Nj, D)` -> `(Nj, D)`."""
-        joints = self.joint_up(graph.joints, joints)
+        joints = self.joint_up(graph.joints, joints, graph.joint_edges)
         parts = segment_mean(joints, graph.joint_part, graph.num_parts)  # (Np, D)
-        parts = self.part_up(graph.parts, parts + self.part_embed(graph.part_id))
+        parts = self.part_up(graph.parts, parts + self.part_embed(graph.part_id), graph.part_edges)
         body = segment_mean(parts, graph.part_body, graph.num_bodies)  # (Nb, D)
         body = body + self.body(body)
-        parts = self.part_down(graph.parts, parts + self.body_to_part(body)[graph.part_body])
+        parts = self.part_down(graph.parts, parts + self.body_to_part(body)[graph.part_body],
+                               graph.part_edges)
         joints = joints + self.part_to_joint(parts)[graph.joint_part]  # (Nj, D)
-        return self.joint_down(graph.joints, joints)
+        return self.joint_down(graph.joints, joints, graph.joint_edges)
