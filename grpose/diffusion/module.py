@@ -138,7 +138,9 @@ class PoseDiffusionModule(L.LightningModule):
             raise ValueError(f"nothing to train: trainable {self.trainable} has no parameters "
                              f"({type(self.method).__name__}); set trainable: [unet] to train "
                              "the base model")
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        # fused: one kernel for all parameters (on a CPU 3-7x faster than the per-tensor loop)
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                 fused=True)
 
     # -- the diffusion step ---------------------------------------------------------------------
     @torch.no_grad()
