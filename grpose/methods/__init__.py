@@ -3,12 +3,16 @@
 from grpose.methods.base import NoPose, PoseMethod, UNetConditioning
 from grpose.methods.controlnet import ControlNet
 from grpose.methods.grpose import GRPoseFeature, GRPoseSkeleton
+from grpose.methods.humansd import HumanSD
+from grpose.methods.t2i_adapter import T2IAdapter
 
 METHODS: dict[str, type[PoseMethod]] = {
     "no_pose": NoPose,
     "controlnet": ControlNet,
     "grpose_skeleton": GRPoseSkeleton,
     "grpose_feature": GRPoseFeature,
+    "t2i_adapter": T2IAdapter,
+    "humansd": HumanSD,  # last: its attach widens the UNet's conv_in (tools/bench_step shares one)
 }
 """Every method by its registry name (the name of its YAML under configs/method/)."""
 CLASS_PATHS = {f"grpose.methods.{cls.__name__}": name
@@ -37,5 +41,5 @@ def method_from_config(path: str, **overrides) -> PoseMethod:
     return METHODS[name](**{**(spec.get("init_args") or {}), **overrides})
 
 
-__all__ = ["METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton", "NoPose", "PoseMethod",
-           "UNetConditioning", "method_class", "method_from_config"]
+__all__ = ["METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton", "HumanSD", "NoPose",
+           "PoseMethod", "T2IAdapter", "UNetConditioning", "method_class", "method_from_config"]
