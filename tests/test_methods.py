@@ -1,5 +1,5 @@
 """Contract tests every registered method passes (built from configs/method/tiny/<name>.yaml):
-zero-init identity, one training step changes only the method, seeded sampling reproduces,
+zero-init identity, one training step changes only the trainable parts, seeded sampling reproduces,
 `active=False` is the method's unconditional behaviour, checkpoints round-trip, CUDA bf16."""
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_registry_has_a_tiny_and_an_sd15_config_per_method():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_zero_init_leaves_the_unet_prediction_unchanged(tiny_parts, tiny_inputs, name):
-    unet = tiny_parts[0]
+    unet = copy.deepcopy(tiny_parts[0])  # attach may change it (HumanSD widens conv_in)
     method = build(name)
     method.attach(unet)
     noisy, text, cond = tiny_inputs
@@ -38,12 +38,21 @@ def test_zero_init_leaves_the_unet_prediction_unchanged(tiny_parts, tiny_inputs,
         assert torch.equal(predict_eps(unet, method, noisy, T, text, cond), plain)
 
 
+def config_trainable(name: str) -> list[str] | None:
+    """`model.init_args.trainable` of a method's tiny config (None: the method only)."""
+    import yaml
+    with open(f"configs/method/tiny/{name}.yaml") as f:
+        return yaml.safe_load(f)["model"]["init_args"].get("trainable")
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_one_training_step_changes_only_the_method(tiny_parts, tiny_batch, name):
+def test_one_training_step_changes_only_the_trainable_parts(tiny_parts, tiny_batch, name):
     unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
-    m = PoseDiffusionModule(unet, vae, text, build(name), noise_scheduler(), lr=1e-3)
-    frozen = {k: v.clone() for k, v in m.state_dict().items() if not k.startswith("method.")}
-    before = {k: v.clone() for k, v in m.method.state_dict().items()}
+    m = PoseDiffusionModule(unet, vae, text, build(name), noise_scheduler(), lr=1e-3,
+                            trainable=config_trainable(name))
+    parts = tuple(f"{p}." for p in m.trainable)  # "method" for pose methods; HumanSD: + "unet"
+    frozen = {k: v.clone() for k, v in m.state_dict().items() if not k.startswith(parts)}
+    before = {k: v.clone() for k, v in m.state_dict().items() if k.startswith(parts)}
     if not before:  # NoPose: nothing to train, said clearly
         with pytest.raises(ValueError, match="nothing to train"):
             m.configure_optimizers()
@@ -54,8 +63,9 @@ def test_one_training_step_changes_only_the_method(tiny_parts, tiny_batch, name)
     loss.backward()
     opt.step()
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in frozen.items())
-    changed = [k for k, v in m.method.state_dict().items() if not torch.equal(v, before[k])]
-    assert changed
+    after = m.state_dict()
+    for part in parts:
+        assert any(not torch.equal(v, after[k]) for k, v in before.items() if k.startswith(part))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -71,7 +81,7 @@ def test_seeded_sampling_reproduces(tiny_parts, tiny_batch, name, perturb_zero_p
 @pytest.mark.parametrize("name", NAMES)
 def test_inactive_items_get_the_unconditional_behaviour(tiny_parts, tiny_inputs, name,
                                                         perturb_zero_parameters):
-    unet = tiny_parts[0]
+    unet = copy.deepcopy(tiny_parts[0])  # attach may change it (HumanSD widens conv_in)
     method = build(name)
     method.attach(unet)
     perturb_zero_parameters(method)
@@ -93,7 +103,7 @@ def test_inactive_items_get_the_unconditional_behaviour(tiny_parts, tiny_inputs,
 @pytest.mark.parametrize("name", NAMES)
 def test_checkpoint_round_trip(tiny_parts, tiny_inputs, tmp_path, name,
                                perturb_zero_parameters):
-    unet = tiny_parts[0]
+    unet = copy.deepcopy(tiny_parts[0])  # attach may change it (HumanSD widens conv_in)
     method = build(name)
     method.attach(unet)
     perturb_zero_parameters(method)

@@ -2,6 +2,7 @@
 extra terms such as GRPose's pose perception loss, each `forward(step) -> (loss, logs)`."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,8 @@ class DiffusionStep:
     alphas_cumprod: torch.Tensor  # (T,) of the noise schedule, on the latents' device
     vae: nn.Module
     latent_scale: float
+    # eps of the same x_t, t and text under another condition, through the one denoising path
+    denoise: Callable[[PoseCondition], torch.Tensor] | None = None
 
     def predicted_x0(self) -> torch.Tensor:
         """x0_hat = (x_t - sqrt(1 - a_t) eps_hat) / sqrt(a_t), differentiable in eps_hat."""
@@ -67,6 +70,40 @@ class PoseWeightedMSE(LossTerm):
     def forward(self, step: DiffusionStep) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = pose_weighted_mse(step.eps_pred, step.noise, step.cond.fine_mask, self.alpha)
         return loss, {"diffusion": loss.detach()}
+
+
+class HeatmapGuidedMSE(LossTerm):
+    """HumanSD's heatmap-guided denoising loss (Ju et al., ICCV 2023, sec. 3, Eq. 6: the eps loss
+    weighted by W_a, larger where the denoising depends on the pose condition):
+
+        L = mean(W * (eps - eps_hat) ** 2),  W = 1 + strength * H,  H = d / max_hw(d),
+        d = mean_c |eps_hat(x_t, t, text, pose) - eps_hat(x_t, t, text, no pose)|
+
+    per item and latent pixel; H and W carry no gradient. eps_hat without pose is the text-only
+    branch (`PoseCondition.active` False) through the one denoising path (`DiffusionStep.denoise`,
+    one more UNet forward without gradient per step). The paper derives its heatmap with a pose
+    estimator (HigherHRNet in its release config) and the release hides this loss; here the
+    difference of the predicted noises is the heatmap itself. At initialisation (a zero-init
+    method) H = 0: the plain MSE. Logged as `diffusion` and `heatmap` (mean H).
+
+    Args:
+        strength: w in W = 1 + w * H, H in [0, 1].
+    """
+
+    def __init__(self, strength: float = 1.0, weight: float = 1.0):
+        super().__init__(weight)
+        self.strength = strength
+
+    def forward(self, step: DiffusionStep) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if step.denoise is None:
+            raise ValueError("HeatmapGuidedMSE needs DiffusionStep.denoise (the pose-free eps)")
+        with torch.no_grad():
+            plain = step.denoise(step.cond.with_active(False))  # (B, 4, h, w)
+            d = (step.eps_pred.detach().float() - plain.float()).abs().mean(1, keepdim=True)
+            heat = d / d.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)  # (B, 1, h, w)
+        err = (step.eps_pred.float() - step.noise.float()) ** 2  # (B, 4, h, w)
+        loss = ((1 + self.strength * heat) * err).mean()
+        return loss, {"diffusion": loss.detach(), "heatmap": heat.mean()}
 
 
 class PosePerceptionLoss(LossTerm):

@@ -177,9 +177,11 @@ class PoseDiffusionModule(L.LightningModule):
         t = self.sample_timesteps(len(batch), latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         cond = self.condition(batch)
-        eps = self.predict_eps(noisy, t, self.encode_text(batch.captions), cond)
+        text = self.encode_text(batch.captions)
+        eps = self.predict_eps(noisy, t, text, cond)
         step = DiffusionStep(batch, cond, latents, noise, noisy, t, eps, self.alphas_cumprod,
-                             self.vae, self.hparams.latent_scale)
+                             self.vae, self.hparams.latent_scale,
+                             lambda c: self.predict_eps(noisy, t, text, c))
         loss, logs = 0.0, {}
         for term in (self.loss, *self.losses):
             value, term_logs = term(step)

@@ -3,7 +3,9 @@
 from grpose.methods.base import NoPose, PoseMethod, UNetConditioning
 from grpose.methods.controlnet import ControlNet
 from grpose.methods.grpose import GRPoseFeature, GRPoseSkeleton
+from grpose.methods.humansd import HumanSD
 from grpose.methods.stable_pose import StablePose
+from grpose.methods.t2i_adapter import T2IAdapter
 
 METHODS: dict[str, type[PoseMethod]] = {
     "no_pose": NoPose,
@@ -11,6 +13,8 @@ METHODS: dict[str, type[PoseMethod]] = {
     "grpose_skeleton": GRPoseSkeleton,
     "grpose_feature": GRPoseFeature,
     "stable_pose": StablePose,
+    "t2i_adapter": T2IAdapter,
+    "humansd": HumanSD,  # last: its attach widens the UNet's conv_in (tools/bench_step shares one)
 }
 """Every method by its registry name (the name of its YAML under configs/method/)."""
 CLASS_PATHS = {f"grpose.methods.{cls.__name__}": name
@@ -39,5 +43,6 @@ def method_from_config(path: str, **overrides) -> PoseMethod:
     return METHODS[name](**{**(spec.get("init_args") or {}), **overrides})
 
 
-__all__ = ["METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton", "NoPose", "PoseMethod",
-           "StablePose", "UNetConditioning", "method_class", "method_from_config"]
+__all__ = ["METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton", "HumanSD", "NoPose",
+           "PoseMethod", "StablePose", "T2IAdapter", "UNetConditioning", "method_class",
+           "method_from_config"]
