@@ -2,9 +2,12 @@
 per-step hooks that may change eps (sampling-time gradient guidance)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from grpose.data.condition import PoseCondition
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,9 @@ class ClassifierFreeGuidance:
 @dataclass
 class SamplingStep:
     """What a per-step hook sees. With `requires_grad` hooks, `eps` and `x0_hat` are functions of
-    `x_t` in the autograd graph (`torch.autograd.grad(f(x0_hat), x_t)` works)."""
+    `x_t` in the autograd graph (`torch.autograd.grad(f(x0_hat), x_t)` works). `cond` is the
+    run's pose condition (one branch, before `prepare`); `decode` maps latents to images with
+    gradient (the VAE and its latent scale), when the caller gives one."""
 
     x_t: torch.Tensor  # (B, 4, h, w)
     t: torch.Tensor  # () timestep
@@ -67,6 +72,8 @@ class SamplingStep:
     alpha_bar: torch.Tensor  # () a_t
     index: int  # step number, 0 = first (noisiest)
     num_steps: int
+    cond: PoseCondition | None = None
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # (B, 4, h, w) -> (B, 3, H, W)
 
 
 class StepHook:

@@ -233,7 +233,8 @@ class PoseDiffusionModule(L.LightningModule):
             return self.predict_eps(x, t, states, c, scale)
         latents = sample_latents(eps_fn, self.sampler, text, negative, cond, latents,
                                  self.guidance, hp.num_inference_steps, hp.eta,
-                                 self.sampling_hooks, self.method.prepare, progress)
+                                 self.sampling_hooks, self.method.prepare, progress,
+                                 decode=lambda z: self.vae.decode(z / hp.latent_scale).sample)
         with torch.no_grad():
             return self.vae.decode(latents / hp.latent_scale).sample.clamp(-1, 1)
 

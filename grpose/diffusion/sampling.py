@@ -27,12 +27,13 @@ def sample_latents(eps_fn: EpsFn, scheduler: DDIMScheduler, text_states: torch.T
                    negative_states: torch.Tensor, cond: PoseCondition, latents: torch.Tensor,
                    guidance: ClassifierFreeGuidance, num_steps: int = 50, eta: float = 0.0,
                    hooks: Sequence[StepHook] = (), prepare: Callable | None = None,
-                   progress: bool = False) -> torch.Tensor:
+                   progress: bool = False, decode: Callable | None = None) -> torch.Tensor:
     """Run DDIM from `latents (B, 4, h, w)`; returns the final latents.
 
     `eps_fn(x_t, t, text_states, cond)` is the denoiser (`predict_eps` bound to a UNet and a
     method); `guidance` builds one batch of all its branches per step; each hook may then
-    change the guided eps. `prepare` (the method's) runs once, on all branches' condition.
+    change the guided eps (hooks see `cond` and `decode`: latents -> images, for the VAE).
+    `prepare` (the method's) runs once, on all branches' condition.
     """
     scheduler = copy.deepcopy(scheduler)  # set_timesteps mutates it
     scheduler.set_timesteps(num_steps, device=latents.device)
@@ -55,6 +56,6 @@ def sample_latents(eps_fn: EpsFn, scheduler: DDIMScheduler, text_states: torch.T
                 a = alphas[t].to(eps.dtype)
                 for hook in hooks:
                     x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
-                    eps = hook(SamplingStep(x_t, t, eps, x0, a, i, num_steps))
+                    eps = hook(SamplingStep(x_t, t, eps, x0, a, i, num_steps, cond, decode))
         latents = scheduler.step(eps.detach(), t, latents, eta=eta).prev_sample
     return latents
