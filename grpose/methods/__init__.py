@@ -3,6 +3,7 @@
 from grpose.methods.base import NoPose, PoseMethod, UNetConditioning
 from grpose.methods.controlnet import ControlNet
 from grpose.methods.grpose import GRPoseFeature, GRPoseSkeleton
+from grpose.methods.weights import load_method, load_method_weights, save_method
 
 METHODS: dict[str, type[PoseMethod]] = {
     "no_pose": NoPose,
@@ -38,4 +39,5 @@ def method_from_config(path: str, **overrides) -> PoseMethod:
 
 
 __all__ = ["METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton", "NoPose", "PoseMethod",
-           "UNetConditioning", "method_class", "method_from_config"]
+           "UNetConditioning", "load_method", "load_method_weights", "method_class",
+           "method_from_config", "save_method"]
