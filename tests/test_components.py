@@ -45,3 +45,145 @@ def test_autoencoder_init_logvar_starts_with_a_narrow_posterior():
     rec, _ = module.losses(images)
     rec.backward()  # the log-variance still learns
     assert module.vae.quant_conv.weight.grad[4:].abs().sum() > 0
+
+
+# -- SD 1.5's text side: a transformers CLIPTextModel folder, CLIPTokenizer ids ---------------
+PROMPTS = ["", "a dancer", "Two people, one raising both arms; the other sits on a red chair.",
+           " ".join(["a tall person in a long coat walking"] * 12)]  # > 77 tokens: truncated
+
+
+def _tiny_clip_text_model(hidden_act="quick_gelu"):
+    from transformers import CLIPTextConfig, CLIPTextModel
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64,
+                            num_attention_heads=2, num_hidden_layers=2,
+                            max_position_embeddings=77, hidden_act=hidden_act,
+                            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    model = CLIPTextModel(config).eval()
+    with torch.no_grad():  # non-trivial LayerNorms and biases
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def _save_sd15_text_encoder(model, folder):
+    """`model` as in SD 1.5's `text_encoder/`: keys under `text_model.`, with `position_ids`."""
+    from safetensors.torch import save_file
+    folder.mkdir(parents=True)
+    model.config.to_json_file(folder / "config.json")
+    state = {f"text_model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    state["text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    save_file(state, folder / "model.safetensors")
+
+
+@pytest.mark.parametrize("hidden_act", ["quick_gelu", "gelu"])
+def test_text_encoder_from_a_clip_text_model_folder(tmp_path, hidden_act):
+    hf = _tiny_clip_text_model(hidden_act)
+    _save_sd15_text_encoder(hf, tmp_path / "sd" / "text_encoder")
+    ours = OpenCLIPTextEncoder(weights=str(tmp_path / "sd"))  # the SD folder as it is
+    assert ours.width == 32 and len(ours.tower.transformer.resblocks) == 2
+    ids = ours.tokenize(PROMPTS)
+    with torch.no_grad():
+        expected = hf(input_ids=ids).last_hidden_state
+        torch.testing.assert_close(ours(PROMPTS), expected, rtol=0, atol=1e-5)
+    hf.save_pretrained(tmp_path / "saved", safe_serialization=True)  # no `text_model.` prefix
+    direct = OpenCLIPTextEncoder(weights=str(tmp_path / "saved"))
+    assert torch.equal(direct(PROMPTS), ours(PROMPTS))
+    with pytest.raises(ValueError, match="disagree"):
+        OpenCLIPTextEncoder(weights=str(tmp_path / "sd"), text_cfg=dict(width=64))
+
+
+def test_text_encoder_folder_errors_name_the_file(tmp_path):
+    from safetensors.torch import load_file, save_file
+    folder = tmp_path / "text_encoder"
+    _save_sd15_text_encoder(_tiny_clip_text_model(), folder)
+    state = load_file(folder / "model.safetensors")
+    del state["text_model.encoder.layers.1.self_attn.k_proj.bias"]
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(ValueError, match="layers.1.self_attn.k_proj.bias"):
+        OpenCLIPTextEncoder(weights=str(folder))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        OpenCLIPTextEncoder(weights=str(tmp_path / "empty"))
+
+
+def _clip_tokenizer_from_open_clip_bpe(tmp_path):
+    """transformers' CLIPTokenizer built from the BPE files open_clip bundles."""
+    import gzip
+    import json
+
+    import open_clip
+    from transformers import CLIPTokenizer
+    simple = open_clip.tokenizer.SimpleTokenizer()
+    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {names.get(k, k): v for k, v in simple.encoder.items()}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    with gzip.open(open_clip.tokenizer.default_bpe()) as f:
+        merges = f.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges],
+                         model_max_length=77)
+
+
+def test_token_ids_equal_sd15_clip_tokenizer(tmp_path):
+    tokenizer = _clip_tokenizer_from_open_clip_bpe(tmp_path)
+    expected = tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True,
+                         return_tensors="pt").input_ids
+    encoder = OpenCLIPTextEncoder(text_cfg=TINY_TEXT)
+    ids = encoder.tokenize(PROMPTS)
+    assert torch.equal(ids, expected)
+    assert ids[0, 1:].eq(49407).all() and ids[3, -1] == 49407 and ids[3, -2] != 49407
+    zero = OpenCLIPTextEncoder(text_cfg=TINY_TEXT, pad_with_eos=False).tokenize(PROMPTS)  # SD 2.x
+    assert zero[0, 2:].eq(0).all() and torch.equal(torch.where(zero == 0, 49407, zero), ids)
+
+
+def test_text_encoder_from_a_torchscript_clip_file(tmp_path):
+    source = OpenCLIPTextEncoder(text_cfg=TINY_TEXT, seed=5)
+    state = {**source.tower.state_dict(), "logit_scale": torch.ones(()),
+             "visual.proj": torch.zeros(2, 2)}  # scripted with CLIP's names, like OpenAI's .pt
+    scripted = torch.jit.script(_ScriptableState(state))
+    scripted.save(str(tmp_path / "ViT-L-14-openai.pt"))
+    loaded = OpenCLIPTextEncoder(text_cfg=TINY_TEXT, weights=str(tmp_path / "ViT-L-14-openai.pt"))
+    assert torch.equal(loaded(PROMPTS), source(PROMPTS))
+
+
+class _ScriptableState(torch.nn.Module):
+    """A module holding `state` under its dotted names (nested submodules), scriptable."""
+
+    def __init__(self, state: dict, prefix: str = ""):
+        super().__init__()
+        children = {}
+        for key, value in state.items():
+            head, _, rest = key.partition(".")
+            if rest:
+                children.setdefault(head, {})[rest] = value
+            else:
+                self.register_buffer(head, value.clone())
+        for name, sub in children.items():
+            self.add_module(name, _ScriptableState(sub))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_text_encoder_refuses_a_pickle_that_runs_code(tmp_path, zip_format):
+    import pickle
+    marker, path = tmp_path / "ran", tmp_path / "clip.pt"
+    payload = {"token_embedding.weight": _RunsCode(marker)}
+    if zip_format:
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    marker.unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="not loadable as plain tensors"):
+        OpenCLIPTextEncoder(text_cfg=TINY_TEXT, weights=str(path))
+    assert not marker.exists()

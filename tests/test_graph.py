@@ -11,8 +11,8 @@ from grpose.data.skeletons import NUM_JOINTS
 from grpose.graph.backend import dgl
 import torch.nn.functional as F
 
-from grpose.graph.feature import (FeatureGraphBlock, edge_conv_from_neighbours, knn_neighbours,
-                                  knn_pixel_graph)
+from grpose.graph.feature import (FeatureGraphBlock, edge_conv_dgl, edge_conv_from_neighbours,
+                                  knn_neighbours, knn_pixel_graph)
 from grpose.graph.skeleton import (BONES, PART_BONES, PART_OF_JOINT, SkeletonHierarchy,
                                    SkeletonMessagePassing, build_skeleton_graph)
 from grpose.methods.grpose.skeleton import (SkeletonPGIStage, sample_at_points, splat,
@@ -169,7 +169,7 @@ def test_feature_graph_block_keeps_shape(size):
     out = block(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
     out.square().sum().backward()
-    assert block.edge_conv.theta.weight.grad.abs().sum() > 0
+    assert block.edge_conv.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("segments", [[30, 30, 30], [20, 40, 30], [5, 30]])  # [5, 30]: k -> 5
@@ -186,19 +186,24 @@ def test_torch_knn_matches_brute_force_and_dgl(segments, max_elements):
     assert (neighbours[:, 0] == torch.arange(sum(segments))).all()  # self is the nearest
 
 
-@pytest.mark.parametrize("batch_norm", [False, True])
-def test_torch_edge_conv_matches_dgl(batch_norm):
-    conv = dgl.nn.EdgeConv(8, 6, batch_norm=batch_norm)
+def test_torch_edge_conv_matches_dgl_and_the_released_definition():
+    conv = torch.nn.Conv2d(16, 8, 1, groups=4)  # the release's grouped EdgeConv weight
     nodes = torch.randn(60, 8, requires_grad=True)
     neighbours = knn_neighbours(nodes, 5, [30, 30])
     graph = knn_pixel_graph(nodes, 5, [30, 30])
     outs, grads = [], []
-    for out in (conv(graph, nodes), edge_conv_from_neighbours(conv, nodes, neighbours)):
+    for out in (edge_conv_dgl(conv, graph, nodes),
+                edge_conv_from_neighbours(conv, nodes, neighbours)):
         outs.append(out)
         grads.append(torch.autograd.grad(out.sin().sum(), [nodes, *conv.parameters()]))
     torch.testing.assert_close(outs[1], outs[0])
     for torch_grad, dgl_grad in zip(grads[1], grads[0]):
         torch.testing.assert_close(torch_grad, dgl_grad)
+    x_i = nodes[:, None].expand(-1, 5, -1)  # (N, k, C)
+    x_j = nodes[neighbours]
+    pairs = torch.cat([x_i, x_j - x_i], -1).permute(0, 2, 1)[..., None]  # (N, 2C, k, 1)
+    reference = F.relu(conv(pairs)).amax((2, 3))  # max_j ReLU(W [x_i, x_j - x_i] + b)
+    torch.testing.assert_close(outs[1], reference)
 
 
 @pytest.mark.parametrize("size", [5, 2])
@@ -213,7 +218,7 @@ def test_feature_graph_block_torch_path_matches_dgl(size):
     torch.testing.assert_close(outs[1], outs[0])
     for torch_grad, dgl_grad in zip(grads[1], grads[0]):  # proj.bias: 0 (BN follows) up to noise
         torch.testing.assert_close(torch_grad, dgl_grad, rtol=1e-4, atol=1e-4)
-    assert set(block.state_dict()) >= {"edge_conv.theta.weight", "edge_conv.phi.weight"}
+    assert block.edge_conv.weight.shape == (8, 4, 1, 1)  # groups 4, as released
     out = block.to("meta")(torch.randn(2, 8, size, size, device="meta"))  # torch path off CPU
     assert out.shape == x.shape and out.device.type == "meta"
 

@@ -5,7 +5,9 @@ No function here reaches a model hub: real weights come from explicit local path
 """
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from contextlib import contextmanager
 
 import open_clip
@@ -101,53 +103,168 @@ class OpenCLIPTextEncoder(nn.Module):
 
     Args:
         arch: an open_clip model name whose text tower to build ("ViT-L-14-quickgelu" = SD 1.5).
-        weights: local open_clip / OpenAI CLIP checkpoint (`.pt`, `.bin`, `.safetensors`);
-            its vision tower is ignored. None keeps random init (tests, the demo).
+        weights: local weights, any of: a diffusers SD folder (its `subfolder`) or a transformers
+            `CLIPTextModel` folder (`config.json` + `model.safetensors`; its config then sets the
+            tower, `arch` aside); an OpenAI CLIP `.pt` (TorchScript); an open_clip checkpoint
+            (`.safetensors`, `.pt`, `.bin`, read without running pickled code). A vision tower is
+            ignored. None keeps random init (tests, the demo).
         text_cfg: overrides of the arch's text config (e.g. a tiny width / layers).
+        subfolder: the text encoder's folder inside a diffusers SD folder.
+        pad_with_eos: pad after the end token with it, as SD 1.5's `CLIPTokenizer` does; False
+            pads with 0 (open_clip's tokenizer, SD 2.x).
     """
 
     def __init__(self, arch: str = "ViT-L-14-quickgelu", weights: str | None = None,
-                 text_cfg: dict | None = None, seed: int = 0):
+                 text_cfg: dict | None = None, seed: int = 0, subfolder: str = "text_encoder",
+                 pad_with_eos: bool = True):
         super().__init__()
         model_cfg = open_clip.get_model_config(arch)
         if model_cfg is None:
             raise ValueError(f"unknown open_clip architecture {arch!r}")
         cfg = {**model_cfg["text_cfg"], **(text_cfg or {})}
-        cfg = {k: v for k, v in cfg.items() if k in ("context_length", "vocab_size", "width",
-                                                      "heads", "layers", "mlp_ratio")}
+        cfg = {k: v for k, v in cfg.items() if k in TOWER_KEYS}
+        quick_gelu = bool(model_cfg.get("quick_gelu"))
+        folder = None
+        if weights is not None and os.path.isdir(_require_local(weights, "text encoder weights")):
+            folder = hf_text_folder(weights, subfolder)
+            hf_cfg, quick_gelu = hf_text_config(folder)
+            clash = {k: (v, hf_cfg[k]) for k, v in (text_cfg or {}).items()
+                     if k in hf_cfg and hf_cfg[k] != v}
+            if clash:
+                raise ValueError(f"{folder}/config.json: text_cfg {clash} (given, file) disagree")
+            cfg.update(hf_cfg)
         with seeded(seed):
-            self.tower = TextTransformer(
-                **cfg, output_dim=model_cfg["embed_dim"], output_tokens=True,
-                act_layer=QuickGELU if model_cfg.get("quick_gelu") else nn.GELU)
+            self.tower = TextTransformer(**cfg, output_dim=None, output_tokens=True,
+                                         act_layer=QuickGELU if quick_gelu else nn.GELU)
         self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=cfg["context_length"])
-        self.width = cfg["width"]
-        if weights is not None:
+        self.width, self.pad_with_eos = cfg["width"], pad_with_eos
+        if folder is not None:
+            self._load(hf_text_state(folder), folder)
+        elif weights is not None:
             self.load_weights(weights)
 
     def load_weights(self, path: str) -> None:
-        _require_local(path, "text encoder weights")
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if isinstance(state, torch.jit.ScriptModule):
-                state = state.state_dict()
-            state = state.get("state_dict", state)
+        """Load an OpenAI CLIP `.pt` or an open_clip checkpoint (its text tower)."""
+        state = read_state_dict(_require_local(path, "text encoder weights"))
+        state = state.get("state_dict", state)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         text = {k: v for k, v in state.items() if not k.startswith("visual.")
                 and k not in ("logit_scale", "logit_bias", "input_resolution", "context_length",
-                              "vocab_size")}
-        missing, unexpected = self.tower.load_state_dict(text, strict=False)
-        missing = [k for k in missing if k != "attn_mask"]
+                              "vocab_size", "text_projection")}
+        self._load(text, path)
+
+    def _load(self, state: dict, path: str) -> None:
+        missing, unexpected = self.tower.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k != "attn_mask"]  # a buffer in older open_clip
         if missing or unexpected:
             raise ValueError(f"{path}: not a CLIP text tower for this arch "
                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
-        return self.tokenizer(list(captions))
+        """Token ids `(B, 77)`: start, BPE tokens (truncated), end, then padding."""
+        tokens = self.tokenizer(list(captions))
+        if self.pad_with_eos:
+            eot = self.tokenizer.eot_token_id
+            tokens = tokens.masked_fill((tokens == eot).cumsum(1) > 0, eot)
+        return tokens
 
     def forward(self, captions: list[str]) -> torch.Tensor:
         device = self.tower.token_embedding.weight.device
         _, tokens = self.tower(self.tokenize(captions).to(device))
         return tokens  # (B, 77, D)
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors without running pickled code: safetensors; a TorchScript archive
+    (OpenAI CLIP) through `torch.jit.load` on the CPU; any other pickle with `weights_only`."""
+    _require_local(path, "weights")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            scripted = any(n.endswith("/constants.pkl") for n in archive.namelist())
+        if scripted:
+            return torch.jit.load(path, map_location="cpu").state_dict()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # an unsafe or corrupt pickle: refused, not run
+        raise ValueError(f"{path}: not loadable as plain tensors ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0]})") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+TOWER_KEYS = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio")
+HF_ACTIVATIONS = {"quick_gelu": True, "gelu": False}
+
+
+def hf_text_folder(path: str, subfolder: str | None = "text_encoder") -> str:
+    """The transformers `CLIPTextModel` folder of `path`: `path/subfolder` where that exists
+    (a diffusers SD folder), else `path` itself."""
+    if subfolder and os.path.isdir(os.path.join(path, subfolder)):
+        path = os.path.join(path, subfolder)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path}: no config.json (expected a transformers CLIPTextModel "
+                                f"folder or an SD folder with {subfolder}/)")
+    return path
+
+
+def hf_text_config(folder: str) -> tuple[dict, bool]:
+    """open_clip text-tower settings and quick_gelu from a `CLIPTextModel` `config.json`."""
+    with open(os.path.join(folder, "config.json")) as f:
+        cfg = json.load(f)
+    cfg = cfg.get("text_config", cfg)
+    try:
+        width, act = cfg["hidden_size"], cfg.get("hidden_act", "quick_gelu")
+        tower = dict(width=width, heads=cfg["num_attention_heads"],
+                     layers=cfg["num_hidden_layers"], vocab_size=cfg["vocab_size"],
+                     context_length=cfg["max_position_embeddings"],
+                     mlp_ratio=cfg["intermediate_size"] / width)
+    except KeyError as err:
+        raise ValueError(f"{folder}/config.json: no {err.args[0]!r}") from err
+    if act not in HF_ACTIVATIONS or abs(cfg.get("layer_norm_eps", 1e-5) - 1e-5) > 1e-12:
+        raise ValueError(f"{folder}/config.json: hidden_act {act!r} / layer_norm_eps "
+                         f"{cfg.get('layer_norm_eps')} not supported (quick_gelu or gelu, 1e-5)")
+    return tower, HF_ACTIVATIONS[act]
+
+
+def hf_text_state(folder: str) -> dict[str, torch.Tensor]:
+    """A `CLIPTextModel`'s weights (`model.safetensors`, or `pytorch_model.bin` read safely) in
+    open_clip's `TextTransformer` names: q, k, v joined into `in_proj`, `position_ids` dropped."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.isfile(os.path.join(folder, name)):
+            source = read_state_dict(os.path.join(folder, name))
+            break
+    else:
+        raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
+    source = {k.removeprefix("text_model."): v for k, v in source.items()}
+    source.pop("embeddings.position_ids", None)
+    missing = []
+
+    def take(*keys: str) -> torch.Tensor | None:
+        found = [source.pop(k, None) for k in keys]
+        missing.extend(k for k, v in zip(keys, found) if v is None)
+        return torch.cat(found) if None not in found else None
+
+    state = {"token_embedding.weight": take("embeddings.token_embedding.weight"),
+             "positional_embedding": take("embeddings.position_embedding.weight")}
+    for part in ("weight", "bias"):
+        state[f"ln_final.{part}"] = take(f"final_layer_norm.{part}")
+    layers = sorted({int(k.split(".")[2]) for k in source if k.startswith("encoder.layers.")})
+    for i in layers:
+        hf, oc = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for part in ("weight", "bias"):
+            state[f"{oc}attn.in_proj_{part}"] = take(*(f"{hf}self_attn.{p}_proj.{part}"
+                                                       for p in "qkv"))
+            for a, b in HF_TO_OPENCLIP_LAYER.items():
+                state[f"{oc}{b}.{part}"] = take(f"{hf}{a}.{part}")
+    if source or missing:
+        raise ValueError(f"{folder}: not a CLIPTextModel (unused {sorted(source)[:5]}, "
+                         f"missing {missing[:5]})")
+    return state
+
+
+HF_TO_OPENCLIP_LAYER = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1",
+                        "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}

@@ -18,6 +18,7 @@ from grpose.diffusion.guidance import ClassifierFreeGuidance, StepHook
 from grpose.diffusion.losses import DiffusionStep, LossTerm, PoseWeightedMSE
 from grpose.diffusion.sampling import NEGATIVE_PROMPT, initial_latents, sample_latents
 from grpose.methods.base import PoseMethod
+from grpose.methods.weights import load_method_weights
 
 FROZEN = ("unet", "vae", "text_encoder")
 TIMESTEP_SAMPLING = ("uniform", "cubic")
@@ -48,6 +49,8 @@ class PoseDiffusionModule(L.LightningModule):
         gradient_checkpointing: recompute the UNet's activations in the backward pass.
         timestep_sampling: "uniform", or "cubic" (T2I-Adapter's t = (1 - u^3) T, u ~ U(0, 1):
             more steps at high noise, where the layout a pose fixes is decided).
+        method_weights: a folder of exported method weights (`grpose.methods.save_method`,
+            `tools/import_weights.py`) loaded into the method once attached.
     """
 
     def __init__(self, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module,
@@ -61,12 +64,15 @@ class PoseDiffusionModule(L.LightningModule):
                  negative_prompt: str = NEGATIVE_PROMPT, eta: float = 0.0, seed: int = 42,
                  val_metrics: nn.Module | None = None, val_metric_batches: int = 1,
                  checkpoint_frozen: bool = False,
-                 gradient_checkpointing: bool = False, timestep_sampling: str = "uniform"):
+                 gradient_checkpointing: bool = False, timestep_sampling: str = "uniform",
+                 method_weights: str | None = None):
         super().__init__()
         self._save_hparams()
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.method = method
         self.method.attach(unet)
+        if method_weights is not None:
+            load_method_weights(self.method, method_weights)
         self.noise_scheduler = noise_scheduler
         self.sampler = sampler or ddim_scheduler()
         self.guidance = guidance or ClassifierFreeGuidance(7.5)

@@ -1,9 +1,14 @@
 """The released GRPose "feature graph": every feature-map pixel is a node, linked to its k
 nearest neighbours in feature space, recomputed each forward.
 
-Device rule: on CPU features the kNN graph is DGL's `segmented_knn_graph` and the convolution
-`dgl.nn.EdgeConv`; on any other device (the installed DGL is a CPU-only build) both are computed
-in plain torch, the same edges and the same `EdgeConv` parameters.
+The edge convolution is the release's: `max_j ReLU(W [x_i, x_j - x_i] + b)` with `W` a 1x1 conv
+of groups 4 (weight `(C, 2C / 4, 1, 1)`), which `dgl.nn.EdgeConv` (two dense maps) cannot hold.
+Being linear, `W [x_i, x_j - x_i] + b = p_i + q_j` with `p = W [x, -x] + b` and `q = W [0, x]`,
+so a layer is two node-wise convs and a max over neighbours of `q`.
+
+Device rule: on CPU features the kNN graph is DGL's `segmented_knn_graph` and the max is DGL
+message passing; on any other device (the installed DGL is a CPU-only build) both are computed
+in plain torch, the same edges and the same parameters.
 """
 from __future__ import annotations
 
@@ -53,36 +58,51 @@ def knn_neighbours(nodes: torch.Tensor, k: int, segments: list[int],
         return torch.cat(neighbours)  # (N, k)
 
 
-def edge_conv_from_neighbours(conv: dgl.nn.EdgeConv, nodes: torch.Tensor,
+def edge_terms(conv: nn.Conv2d, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(p, q)`, each `(N, C_out)`, of the edge conv `conv` (`2 C -> C_out`, 1x1, grouped) on
+    `nodes (N, C)`: the message from node j to node i is `p_i + q_j = conv([x_i, x_j - x_i])`."""
+    x = nodes[:, :, None, None]  # (N, C, 1, 1)
+    p = conv(torch.cat([x, -x], 1))
+    q = F.conv2d(torch.cat([torch.zeros_like(x), x], 1), conv.weight, None, groups=conv.groups)
+    return p.flatten(1), q.flatten(1)
+
+
+def edge_conv_dgl(conv: nn.Conv2d, graph: dgl.DGLGraph, nodes: torch.Tensor) -> torch.Tensor:
+    """`max_j ReLU(conv([x_i, x_j - x_i]))` over the in-edges `j -> i` of `graph`, `(N, C_out)`,
+    by DGL message passing."""
+    p, q = edge_terms(conv, nodes)
+    with graph.local_scope():
+        graph.srcdata["q"] = q
+        graph.update_all(dgl.function.copy_u("q", "m"), dgl.function.max("m", "q_max"))
+        return F.relu(p + graph.dstdata["q_max"])
+
+
+def edge_conv_from_neighbours(conv: nn.Conv2d, nodes: torch.Tensor,
                               neighbours: torch.Tensor) -> torch.Tensor:
-    """`conv(graph, nodes)` in torch, for the graph with edges `neighbours[i, :] -> i`:
-    `max_j theta(x_i - x_j) + phi(x_i)` per node `(N, C_out)`, the messages batch-normed first
-    (over all edges) where `conv` has batch norm. The sign is that of DGL's code (`v_sub_u`,
-    node minus neighbour), not of its docstring (`x_j - x_i`)."""
-    difference = nodes[:, None] - nodes[neighbours]  # (N, k, C): x_i - x_j
-    messages = conv.theta(difference) + conv.phi(nodes)[:, None]  # (N, k, C_out)
-    if conv.batch_norm:
-        messages = conv.bn(messages.flatten(0, 1)).view_as(messages)
-    return messages.max(1).values
+    """`edge_conv_dgl` in torch, for the graph with edges `neighbours[i, :] -> i`."""
+    p, q = edge_terms(conv, nodes)
+    return F.relu(p + q[neighbours].max(1).values)  # (N, C_out)
 
 
 class FeatureGraphBlock(nn.Module):
-    """`x + ReLU(EdgeConv(h))` with `h = BN(conv1x1(x))` over the kNN graph of the pixels of `h`,
-    one graph per image. EdgeConv takes, at each node, the max over its neighbours of a linear
-    map of the node and of its difference to the neighbour. DGL computes both on CPU inputs,
-    torch on other devices (`use_dgl` of `forward` overrides this).
+    """`x + EdgeConv(h)` with `h = BN(conv1x1(x))` over the kNN graph of the pixels of `h`, one
+    graph per image; EdgeConv as released (see the module docstring). DGL computes it on CPU
+    inputs, torch on other devices (`use_dgl` of `forward` overrides this).
 
     Args:
         channels: feature channels (kept).
         k: neighbours per node, self included (fewer where the map has fewer pixels).
+        groups: groups of the edge conv (the release: 4).
     """
 
-    def __init__(self, channels: int, k: int = 9):
+    def __init__(self, channels: int, k: int = 9, groups: int = 4):
         super().__init__()
+        if channels % groups:
+            raise ValueError(f"channels ({channels}) must be divisible by groups ({groups})")
         self.k = k
         self.proj = nn.Conv2d(channels, channels, 1)
         self.norm = nn.BatchNorm2d(channels)
-        self.edge_conv = dgl.nn.EdgeConv(channels, channels)
+        self.edge_conv = nn.Conv2d(2 * channels, channels, 1, groups=groups)
 
     def forward(self, x: torch.Tensor, use_dgl: bool | None = None) -> torch.Tensor:
         """`x (B, C, H, W)` -> `(B, C, H, W)`."""
@@ -91,9 +111,8 @@ class FeatureGraphBlock(nn.Module):
         k, segments = min(self.k, h * w), [h * w] * b
         use_dgl = x.device.type == "cpu" if use_dgl is None else use_dgl
         if use_dgl:
-            out = self.edge_conv(knn_pixel_graph(nodes, k, segments), nodes)
+            out = edge_conv_dgl(self.edge_conv, knn_pixel_graph(nodes, k, segments), nodes)
         else:
             neighbours = knn_neighbours(nodes, k, segments)  # (B * H * W, k)
             out = edge_conv_from_neighbours(self.edge_conv, nodes, neighbours)
-        out = F.relu(out)  # (B * H * W, C)
         return x + out.view(b, h * w, c).transpose(1, 2).reshape(b, c, h, w)

@@ -6,6 +6,7 @@ from grpose.methods.grpose import GRPoseFeature, GRPoseSkeleton
 from grpose.methods.humansd import HumanSD
 from grpose.methods.stable_pose import StablePose
 from grpose.methods.t2i_adapter import T2IAdapter
+from grpose.methods.weights import load_method, load_method_weights, save_method
 
 METHODS: dict[str, type[PoseMethod]] = {
     "no_pose": NoPose,
@@ -44,5 +45,5 @@ def method_from_config(path: str, **overrides) -> PoseMethod:
 
 
 __all__ = ["METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton", "HumanSD", "NoPose",
-           "PoseMethod", "StablePose", "T2IAdapter", "UNetConditioning", "method_class",
-           "method_from_config"]
+           "PoseMethod", "StablePose", "T2IAdapter", "UNetConditioning", "load_method",
+           "load_method_weights", "method_class", "method_from_config", "save_method"]

@@ -8,6 +8,7 @@ leaves the UNet's prediction unchanged.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -61,9 +62,26 @@ class PoseMethod(nn.Module):
     `handles_inactive`: False (default) lets the denoising path zero the conditioning of items
     whose `PoseCondition.active` is False; a method with its own unconditional behaviour (e.g.
     Stable-Pose's all-ones masks) sets it True and reads `active` itself.
+
+    `settings` holds the arguments a method was built with (`grpose.methods.save_method` writes
+    them beside its weights).
     """
 
     handles_inactive = False
+
+    def __new__(cls, *args, **kwargs):
+        # `settings`: the constructor's arguments, defaults filled in (what an export records)
+        method = super().__new__(cls)
+        signature = inspect.signature(cls.__init__)
+        bound = signature.bind_partial(None, *args, **kwargs)
+        bound.apply_defaults()
+        settings = {}
+        for name, value in list(bound.arguments.items())[1:]:
+            kind = signature.parameters[name].kind
+            if kind is not inspect.Parameter.VAR_POSITIONAL:
+                settings.update(value if kind is inspect.Parameter.VAR_KEYWORD else {name: value})
+        object.__setattr__(method, "settings", settings)
+        return method
 
     def attach(self, unet: nn.Module) -> None:
         """Build the parts that depend on the frozen UNet. Called once by the diffusion module."""

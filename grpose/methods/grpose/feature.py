@@ -1,11 +1,15 @@
 """GRPose as released ("feature graph"): PGI stages over kNN graphs of feature-map pixels replace
-the first ResNet block of each encoder level; the pose enters through its own pose encoder."""
+the first ResNet block of each encoder level; the pose enters through its own pose encoder.
+
+The layout follows the released checkpoint (grouped EdgeConv, the pose encoder's five-conv stem),
+so that `GRPoseFeature.state_dict_from_release` maps its 474 control-model tensors one to one."""
 from __future__ import annotations
 
 import math
 
 import torch
 import torch.nn.functional as F
+from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 from torch import nn
 
 from grpose.data.condition import PoseCondition
@@ -22,6 +26,10 @@ class PoseEncoder(nn.Module):
     """Rendered pose image `(B, 3, H, W)` -> one feature map per encoder level, at latent
     resolution / 1, / 2, / 4, ..., each through a zero-initialised 3x3 conv.
 
+    The stem is the release's: a 3x3 conv to stem / 4 channels, then per halving a stride-2
+    conv and a 3x3 conv of the same width (SD: 3 -> 32, 64 (s2), 64, 128 (s2), 128), each with
+    SiLU; each level then a stride-2 conv with SiLU.
+
     Args:
         channels: stem width, then one width per level (SD: 128, 192, 256, 384, 512).
         latent_factor: pose image side / latent side (8 for SD), a power of two >= 4.
@@ -37,7 +45,7 @@ class PoseEncoder(nn.Module):
         widths = [max(stem_width // 4, 1)] + [max(stem_width // 2, 1)] * (steps - 1) + [stem_width]
         layers = [_conv3x3(3, widths[0]), nn.SiLU()]
         for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [_conv3x3(cin, cout, stride=2), nn.SiLU()]
+            layers += [_conv3x3(cin, cout, stride=2), nn.SiLU(), _conv3x3(cout, cout), nn.SiLU()]
         self.stem = nn.Sequential(*layers)  # -> stem_width at latent resolution * 2
         ins = [stem_width] + level_widths[:-1]
         self.levels = nn.ModuleList(nn.Sequential(_conv3x3(cin, cout, stride=2), nn.SiLU())
@@ -97,7 +105,10 @@ class FeaturePGIStage(PoseStage):
 
 class GRPoseFeature(EncoderCopyMethod):
     """GRPose as released: the encoder copy without a hint block; a `FeaturePGIStage` replaces
-    the first ResNet block of every level, fed by the pose encoder's features of that level.
+    the first ResNet block of every level, fed by the pose encoder's features of that level. As
+    the release prepares its weights, a stage's `in_conv`, `time_proj` and `skip` start from the
+    ResNet block it replaces (its `out_conv` from zero). `state_dict_from_release` reads the
+    released checkpoint.
 
     Args:
         latent_factor: pose image side / latent side (8 for SD).
@@ -121,11 +132,89 @@ class GRPoseFeature(EncoderCopyMethod):
                              f"got {self.pose_channels}")
         for level, block in enumerate(blocks):
             resnet = block.resnets[0]
-            block.resnets[0] = FeaturePGIStage(
+            stage = block.resnets[0] = FeaturePGIStage(
                 resnet.in_channels, resnet.out_channels, self.pose_channels[level + 1],
                 resnet.time_emb_proj.in_features, self.controlnet.config.norm_num_groups,
                 self.knn_k, self.dropout)
+            # as the release prepares its weights: the layers named as in SD's ResNet block
+            stage.in_conv.load_state_dict(resnet.conv1.state_dict())
+            stage.time_proj.load_state_dict(resnet.time_emb_proj.state_dict())
+            if resnet.conv_shortcut is not None:
+                stage.skip.load_state_dict(resnet.conv_shortcut.state_dict())
 
     def contexts(self, noisy_latents: torch.Tensor, cond: PoseCondition) -> list:
         pose = cond.pose_image.to(noisy_latents.device, noisy_latents.dtype)
         return self.pose_encoder(pose)
+
+    def state_dict_from_release(self, release: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This method's state dict from the released GRPose control model (original LDM layout,
+        keys `control_model.*`; other keys, e.g. SD's own, are left out). Every control-model
+        tensor must find its parameter and every parameter its tensor, of the same shape;
+        otherwise a `ValueError` names the keys. Call `attach` first."""
+        if self.controlnet is None:
+            raise RuntimeError("GRPoseFeature.attach(unet) must be called first")
+        prefix = "control_model."
+        source = {k.removeprefix(prefix): v for k, v in release.items() if k.startswith(prefix)}
+        if not source:
+            raise ValueError(f"no {prefix}* keys: not a GRPose release checkpoint")
+        names = release_names(self, list(source))  # ours -> release
+        ours = self.state_dict()
+        unused = sorted(set(source) - set(names.values()))
+        missing = sorted(k for k in ours if k not in names)
+        wrong = [f"{prefix}{names[k]} {tuple(source[names[k]].shape)} -> {k} "
+                 f"{tuple(v.shape)}" for k, v in ours.items()
+                 if k in names and source[names[k]].shape != v.shape]
+        if unused or missing or wrong:
+            raise ValueError(f"release weights do not fit grpose_feature: unused "
+                             f"{[prefix + k for k in unused][:8]}, parameters not set "
+                             f"{missing[:8]}, shape mismatches {wrong[:8]}")
+        return {k: source[names[k]] for k in ours}
+
+
+RELEASE_STAGE = {"in_layers.2": "in_conv", "emb_layers.1": "time_proj", "out_layers.2": "out_conv",
+                 "cond_conv": "pose_conv", "gnn_latent": "latent_graph", "gnn_pose": "pose_graph",
+                 "gnn": "fuse_graph", "fuse.latent_conv": "latent_proj",
+                 "fuse.pose_conv": "pose_proj", "fuse.fusion_conv": "fuse",
+                 "skip_connection": "skip"}
+RELEASE_GRAPH = {"conv1.0": "proj", "conv1.1": "norm", "graph_conv.gconv.nn.0": "edge_conv"}
+GRAPHS = ("latent_graph", "pose_graph", "fuse_graph")
+RELEASE_POSE_ENCODER = {"pre_extractor": "stem", "extractors": "levels", "zero_convs": "outs"}
+
+
+def _rename(key: str, table: dict[str, str]) -> str | None:
+    for old in sorted(table, key=len, reverse=True):  # "gnn_pose" before "gnn"
+        if key.startswith(old + "."):
+            return table[old] + key[len(old):]
+    return None
+
+
+def release_names(method: GRPoseFeature, release_keys: list[str]) -> dict[str, str]:
+    """Our state-dict key -> the release's (without `control_model.`) for each release key:
+    the pose encoder and PGI stages by the tables above, the rest of the encoder copy by
+    diffusers' LDM -> diffusers ControlNet conversion. Unknown release keys map to nothing."""
+    per_level = method.controlnet.config.layers_per_block + 1
+    stages = {f"input_blocks.{1 + level * per_level}.0.":
+              f"controlnet.down_blocks.{level}.resnets.0."
+              for level in range(len(method.controlnet.down_blocks))}
+    names = {}
+    for key in release_keys:
+        stage = next((s for s in stages if key.startswith(s)), None)
+        if key.startswith("pose_encoder."):
+            ours = _rename(key.removeprefix("pose_encoder."), RELEASE_POSE_ENCODER)
+            ours = ours and "pose_encoder." + ours
+        elif stage is not None:
+            part = _rename(key[len(stage):], RELEASE_STAGE)
+            module, _, inner = (part or "").partition(".")
+            if module in GRAPHS:
+                part = (inner := _rename(inner, RELEASE_GRAPH)) and f"{module}.{inner}"
+            ours = part and stages[stage] + part
+        else:
+            continue
+        if ours is not None:
+            names[ours] = key
+    # the LDM names of the encoder copy; the converter also renames the stages' keys: dropped
+    encoder = {k: k for k in release_keys if not k.startswith("pose_encoder.")}
+    converted = convert_controlnet_checkpoint(encoder, {"layers_per_block": per_level - 1})
+    names.update({f"controlnet.{ours}": key for ours, key in converted.items()
+                  if key is not None and not any(key.startswith(s) for s in stages)})
+    return names

@@ -1,0 +1,89 @@
+"""A method's weights in and out: `method.safetensors` + `method.json` (its registry name and
+settings) in one folder, loadable with one call (`load_method`)."""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from grpose.methods.base import PoseMethod
+
+WEIGHTS, SPEC = "method.safetensors", "method.json"
+RUNTIME_SETTINGS = ("gradient_checkpointing",)  # may differ between the export and its user
+
+
+def registry_name(method: PoseMethod) -> str:
+    """The name `method`'s class is registered under in `METHODS`."""
+    from grpose.methods import METHODS
+    for name, cls in METHODS.items():
+        if type(method) is cls:
+            return name
+    raise ValueError(f"{type(method).__name__} is not a registered method ({sorted(METHODS)})")
+
+
+def save_method(method: PoseMethod, folder: str) -> None:
+    """Write `method`'s state dict as `folder/method.safetensors` and its registry name and
+    settings as `folder/method.json`."""
+    spec = {"name": registry_name(method), "settings": method.settings}
+    try:
+        text = json.dumps(spec, indent=2)
+    except TypeError as err:
+        raise ValueError(f"{spec['name']}: settings {method.settings} are not JSON "
+                         f"({err})") from err
+    os.makedirs(folder, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in method.state_dict().items()}
+    save_file(state, os.path.join(folder, WEIGHTS), metadata={"name": spec["name"]})
+    with open(os.path.join(folder, SPEC), "w") as f:
+        f.write(text + "\n")
+
+
+def read_spec(folder: str) -> dict:
+    """`method.json` of an exported method: `{"name", "settings"}`."""
+    path = os.path.join(folder, SPEC)
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(folder, WEIGHTS)):
+        raise FileNotFoundError(f"{folder}: not an exported method (needs {SPEC} and {WEIGHTS})")
+    with open(path) as f:
+        spec = json.load(f)
+    if not (isinstance(spec, dict) and "name" in spec and isinstance(spec.get("settings"), dict)):
+        raise ValueError(f"{path}: needs a 'name' and a 'settings' object")
+    return spec
+
+
+def load_method(folder: str, unet: nn.Module | None = None) -> PoseMethod:
+    """The exported method of `folder`, built from its settings; with `unet`, attached to it and
+    holding the exported weights (without, `load_method_weights` after `attach` loads them)."""
+    from grpose.methods import method_class
+    spec = read_spec(folder)
+    method = method_class(spec["name"])(**spec["settings"])
+    if unet is not None:
+        method.attach(unet)
+        load_method_weights(method, folder)
+    return method
+
+
+def load_method_weights(method: PoseMethod, folder: str) -> None:
+    """Load an exported method's weights into `method` (attached), after checking that it is
+    the same method with the same settings; a missing, unexpected or misshapen tensor is named."""
+    spec = read_spec(folder)
+    name = registry_name(method)
+    differ = {k: (v, spec["settings"].get(k)) for k, v in method.settings.items()
+              if k not in RUNTIME_SETTINGS and _plain(v) != _plain(spec["settings"].get(k))}
+    if spec["name"] != name or differ:
+        raise ValueError(f"{folder}: exported {spec['name']!r} does not match {name!r} "
+                         f"(settings here, exported: {differ})")
+    state = load_file(os.path.join(folder, WEIGHTS))
+    ours = method.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(ours[k].shape)})" for k, v in state.items()
+             if k in ours and v.shape != ours[k].shape]
+    missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+    if wrong or missing or unexpected:
+        raise ValueError(f"{folder}/{WEIGHTS}: missing {missing[:8]}, unexpected "
+                         f"{unexpected[:8]}, shape mismatches {wrong[:8]}")
+    method.load_state_dict(state)
+
+
+def _plain(value):
+    return json.loads(json.dumps(value))  # tuples as lists, as the JSON holds them
