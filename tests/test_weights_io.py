@@ -3,6 +3,7 @@ ControlNet folders both ways (checked against `StableDiffusionControlNetPipeline
 exported and loaded with one call, SD single files, and the two tools."""
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 
@@ -255,7 +256,8 @@ def test_every_method_exports_and_loads_with_one_call(tmp_path, tiny_parts, tiny
     from grpose.diffusion import PoseDiffusionModule
     from grpose.diffusion.components import noise_scheduler
     from grpose.diffusion.denoiser import predict_eps
-    unet, config = tiny_parts[0], f"configs/method/tiny/{name}.yaml"
+    unet = copy.deepcopy(tiny_parts[0])  # attach may change it (HumanSD widens conv_in)
+    config = f"configs/method/tiny/{name}.yaml"
     method = method_from_config(config)
     method.attach(unet)
     perturb_zero_parameters(method)
@@ -272,7 +274,8 @@ def test_every_method_exports_and_loads_with_one_call(tmp_path, tiny_parts, tiny
         expected = predict_eps(unet, method.eval(), noisy, t, text, cond)
         torch.testing.assert_close(predict_eps(unet, loaded.eval(), noisy, t, text, cond),
                                    expected)
-    module = PoseDiffusionModule(*tiny_parts, method_from_config(config), noise_scheduler(),
+    module = PoseDiffusionModule(unet, *tiny_parts[1:], method_from_config(config),
+                                 noise_scheduler(),
                                  method_weights=str(tmp_path / name))
     assert all(torch.equal(v, module.method.state_dict()[k]) for k, v in sa.items())
 
