@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import os
+import re
 import warnings
+import zipfile
 import zlib
 
 import lightning as L
+import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, SchedulerMixin
 from torch import nn
@@ -20,9 +25,39 @@ from grpose.diffusion.sampling import NEGATIVE_PROMPT, initial_latents, sample_l
 from grpose.methods.base import PoseMethod
 from grpose.methods.weights import load_method_weights
 
+log = logging.getLogger(__name__)
+
 FROZEN = ("unet", "vae", "text_encoder")
 TIMESTEP_SAMPLING = ("uniform", "cubic")
+ON_NONFINITE = ("raise", "skip")
 NOT_CHECKPOINTED = ("loss.", "losses.", "val_metrics.")  # frozen networks that come from the config
+
+
+def read_checkpoint(path) -> dict:
+    """A Lightning checkpoint read weights-only (tensors memory-mapped); a missing, truncated,
+    corrupt (zip checksums) or unsafe file raises an error naming it and the problem."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"checkpoint {path}: not a torch.save zip archive (truncated or another "
+                         "format)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except Exception as e:  # noqa: BLE001 (any failure to read a member is corruption)
+        bad = f"{type(e).__name__}: {e}"
+    if bad:
+        raise ValueError(f"checkpoint {path}: corrupt (checksum or header error in {bad})")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001
+        unsafe = re.search(r"WeightsUnpickler error:\s*(.*?)(?: Please|\n|$)", str(e))
+        reason = unsafe.group(1) if unsafe else (str(e).strip().splitlines() or [repr(e)])[0]
+        raise ValueError(f"checkpoint {path}: unreadable with weights_only=True: {reason}") from e
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"checkpoint {path}: not a Lightning checkpoint (no 'state_dict')")
+    return checkpoint
 
 
 class PoseDiffusionModule(L.LightningModule):
@@ -51,6 +86,13 @@ class PoseDiffusionModule(L.LightningModule):
             more steps at high noise, where the layout a pose fixes is decided).
         method_weights: a folder of exported method weights (`grpose.methods.save_method`,
             `tools/import_weights.py`) loaded into the method once attached.
+        on_nonfinite: a NaN / Inf loss "raise"s (naming the step, the loss term and the batch's
+            item ids) or "skip"s the batch (no optimizer step; counted in
+            `train/skipped_nonfinite`). Every process takes the same decision.
+
+    Each training item's timestep, noise and VAE posterior sample come from its own generator,
+    seeded by (`seed`, global step, the item's dataset index): the same in any batch or number
+    of processes, and on resuming; validation items get the same draws at every validation.
     """
 
     def __init__(self, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module,
@@ -65,7 +107,7 @@ class PoseDiffusionModule(L.LightningModule):
                  val_metrics: nn.Module | None = None, val_metric_batches: int = 1,
                  checkpoint_frozen: bool = False,
                  gradient_checkpointing: bool = False, timestep_sampling: str = "uniform",
-                 method_weights: str | None = None):
+                 method_weights: str | None = None, on_nonfinite: str = "raise"):
         super().__init__()
         self._save_hparams()
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
@@ -84,6 +126,9 @@ class PoseDiffusionModule(L.LightningModule):
         if timestep_sampling not in TIMESTEP_SAMPLING:
             raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLING}, "
                              f"got {timestep_sampling!r}")
+        if on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+        self.skipped_nonfinite, self._skip_step = 0, False
         unknown = set(self.trainable) - {"method", *FROZEN}
         if unknown:
             raise ValueError(f"trainable: unknown parts {sorted(unknown)}")
@@ -122,6 +167,7 @@ class PoseDiffusionModule(L.LightningModule):
         return self
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["skipped_nonfinite"] = self.skipped_nonfinite
         if not self.hparams.checkpoint_frozen:
             prefixes = tuple(f"{n}." for n in self.frozen)
             state = checkpoint["state_dict"]
@@ -130,6 +176,7 @@ class PoseDiffusionModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Frozen parts left out of the checkpoint come from the config that built this module.
+        self.skipped_nonfinite = checkpoint.get("skipped_nonfinite", 0)
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("adapter.")]:  # before methods/ existed
             state["method." + key.removeprefix("adapter.")] = state.pop(key)
@@ -137,6 +184,37 @@ class PoseDiffusionModule(L.LightningModule):
         for key, value in self.state_dict().items():
             if key.startswith(prefixes):
                 state.setdefault(key, value)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, weights_only: bool | None = True,
+                             **kwargs):
+        """Lightning's `load_from_checkpoint`, weights only by default; a missing, truncated or
+        corrupt file raises an error naming it and the problem."""
+        if isinstance(checkpoint_path, (str, os.PathLike)) and "://" not in str(checkpoint_path):
+            read_checkpoint(checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, *args, weights_only=weights_only,
+                                            **kwargs)
+
+    def check_data(self, datamodule) -> None:
+        """Raise a ValueError naming the dataset whose resolution is not a multiple of the VAE's
+        downsampling factor, or whose pose style differs from the method's `pose_style`."""
+        factor = self.vae_factor
+        expected = getattr(self.method, "pose_style", None)
+        for stage, dataset in getattr(datamodule, "datasets", {}).items():
+            field = f"data.init_args.{stage}.init_args"
+            resolution = getattr(dataset, "resolution", None)
+            if resolution is not None and resolution % factor:
+                raise ValueError(f"{field}.resolution: {resolution} is not a multiple of the VAE's "
+                                 f"downsampling factor {factor}")
+            style = getattr(dataset, "pose_style", None)
+            if expected is not None and style is not None and style != expected:
+                raise ValueError(f"{field}.pose_style: {style!r}, but the method "
+                                 f"{type(self.method).__name__} expects {expected!r} renders")
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:
+            self.check_data(datamodule)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -149,17 +227,24 @@ class PoseDiffusionModule(L.LightningModule):
                                  fused=True)
 
     # -- the diffusion step ---------------------------------------------------------------------
+    @property
+    def vae_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(images).latent_dist.sample() * self.hparams.latent_scale
+    def encode_images(self, images: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled latents sampled from the VAE posterior (`mean + std * eps` with standard normal
+        `eps (B, 4, h, w)` when given)."""
+        dist = self.vae.encode(images).latent_dist
+        latents = dist.sample() if eps is None else dist.mean + dist.std * eps.to(dist.mean)
+        return latents * self.hparams.latent_scale
 
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         with torch.set_grad_enabled("text_encoder" in self.trainable and torch.is_grad_enabled()):
             return self.text_encoder(captions)
 
     def latent_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        return image_size[0] // factor, image_size[1] // factor
+        return image_size[0] // self.vae_factor, image_size[1] // self.vae_factor
 
     def condition(self, batch: PoseBatch) -> PoseCondition:
         """The batch's pose condition, masks on the latent grid."""
@@ -170,36 +255,96 @@ class PoseDiffusionModule(L.LightningModule):
         return predict_eps(self.unet, self.method, noisy_latents, timesteps, text_states, cond,
                            scale)
 
-    def sample_timesteps(self, n: int, device) -> torch.Tensor:
+    def sample_timesteps(self, n: int, device, u: torch.Tensor | None = None) -> torch.Tensor:
+        """`n` training timesteps from uniforms `u (n,)` in [0, 1) (default: the global RNG)."""
         num = self.noise_scheduler.config.num_train_timesteps
+        u = torch.rand(n, device=device) if u is None else u.to(device)
         if self.hparams.timestep_sampling == "cubic":
-            u = torch.rand(n, device=device)
-            return ((1 - u**3) * num).long().clamp(0, num - 1)
-        return torch.randint(0, num, (n,), device=device)
+            u = 1 - u**3
+        return (u * num).long().clamp(0, num - 1)
 
-    def diffusion_step(self, batch: PoseBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        latents = self.encode_images(batch.image)  # (B, 4, h, w)
-        noise = torch.randn_like(latents)
-        t = self.sample_timesteps(len(batch), latents.device)
+    def item_draws(self, batch: PoseBatch, shape: tuple[int, ...]):
+        """Per item: a uniform (B,) for its timestep, the noise and the VAE sample's eps
+        (B, *shape), from a generator seeded by (seed, step, the item's dataset index)."""
+        stream = (0, self.global_step) if self.training else (1, 0)
+        draws = []
+        for i, meta in enumerate(batch.meta):
+            key = meta.get("index", zlib.crc32(str(meta.get("id", i)).encode()))
+            entropy = np.random.SeedSequence([self.hparams.seed, *stream, int(key)])
+            g = torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0]))
+            draws.append((torch.rand(1, generator=g), torch.randn(shape, generator=g),
+                          torch.randn(shape, generator=g)))
+        u, noise, eps = (torch.cat(d) if k == 0 else torch.stack(d)
+                         for k, d in enumerate(zip(*draws)))
+        return u, noise.to(self.device), eps.to(self.device)
+
+    def loss_terms(self) -> list[tuple[str, LossTerm]]:
+        """(name, term): "loss" and "losses[k]" with the term's class."""
+        return [(f"loss ({type(self.loss).__name__})", self.loss)] + [
+            (f"losses[{k}] ({type(t).__name__})", t) for k, t in enumerate(self.losses)]
+
+    def terms_step(self, batch: PoseBatch):
+        """(total loss, logs, {term name: weighted value}) of one noised batch."""
+        shape = (self.vae.config.latent_channels, *self.latent_size(batch.image.shape[-2:]))
+        u, noise, eps = self.item_draws(batch, shape)
+        latents = self.encode_images(batch.image, eps)  # (B, 4, h, w)
+        noise = noise.to(latents.dtype)
+        t = self.sample_timesteps(len(batch), latents.device, u)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         cond = self.condition(batch)
         text = self.encode_text(batch.captions)
-        eps = self.predict_eps(noisy, t, text, cond)
-        step = DiffusionStep(batch, cond, latents, noise, noisy, t, eps, self.alphas_cumprod,
+        eps_pred = self.predict_eps(noisy, t, text, cond)
+        step = DiffusionStep(batch, cond, latents, noise, noisy, t, eps_pred, self.alphas_cumprod,
                              self.vae, self.hparams.latent_scale,
                              lambda c: self.predict_eps(noisy, t, text, c))
-        loss, logs = 0.0, {}
-        for term in (self.loss, *self.losses):
+        values, logs = {}, {}
+        for name, term in self.loss_terms():
             value, term_logs = term(step)
-            loss = loss + term.weight * value
+            values[name] = term.weight * value
             logs.update(term_logs)
+        return sum(values.values()), logs, values
+
+    def diffusion_step(self, batch: PoseBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total loss, logs) of one noised batch."""
+        loss, logs, _ = self.terms_step(batch)
         return loss, logs
 
     def training_step(self, batch: PoseBatch, batch_idx: int) -> torch.Tensor:
-        loss, logs = self.diffusion_step(batch)
+        loss, logs, values = self.terms_step(batch)
+        finite = torch.stack([torch.isfinite(v.detach()).all() for v in values.values()]).tolist()
+        self._skip_step = self.trainer.strategy.reduce_boolean_decision(not all(finite), all=False)
+        if self._skip_step:
+            self._nonfinite(batch, values, finite)
+            # Lightning refuses `None` under DDP: a zero loss gives every trainable parameter a
+            # zero gradient (so DDP reduces as usual), dropped in `on_before_optimizer_step`.
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=len(batch))
+        self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=len(batch))
         return loss
+
+    def _nonfinite(self, batch: PoseBatch, values: dict, finite: list[bool]) -> None:
+        """Raise, or count and log the skipped batch (`on_nonfinite`)."""
+        ids = [m.get("id", i) for i, m in enumerate(batch.meta)]
+        bad = [f"{name} = {v.detach().float().sum().item()}"
+               for (name, v), ok in zip(values.items(), finite) if not ok]
+        message = f"non-finite loss at step {self.global_step}: " + (
+            f"{'; '.join(bad)}; batch ids {ids}" if bad else "in another process")
+        images = torch.cat([batch.image, batch.pose_image], 1).flatten(1)  # (B, 6 H W)
+        broken = [ids[i] for i in (~torch.isfinite(images).all(1)).nonzero()[:, 0].tolist()]
+        if bad and broken:
+            message += f"; non-finite images in {broken}"
+        if self.hparams.on_nonfinite == "raise":
+            raise FloatingPointError(f"{message} (on_nonfinite='skip' skips such batches)")
+        self.skipped_nonfinite += 1
+        log.warning("skipped batch (%d so far): %s", self.skipped_nonfinite, message)
+        self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=len(batch))
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Without gradients AdamW leaves the parameters and its moments alone: no step. (With
+        # gradient accumulation a skipped batch only adds nothing to its window's gradient.)
+        if self._skip_step and self.trainer.accumulate_grad_batches == 1:
+            optimizer.zero_grad(set_to_none=True)
 
     def validation_step(self, batch: PoseBatch, batch_idx: int) -> None:
         loss, _ = self.diffusion_step(batch)

@@ -17,12 +17,15 @@ class ControlNet(EncoderCopyMethod):
     Args:
         conditioning_channels: hint block stages (None: diffusers' (16, 32, 96, 256)).
         gradient_checkpointing: recompute the copy's activations in the backward pass.
+        pose_style: the pose render it expects ("openpose" as published); when set, the CLI and
+            `PoseDiffusionModule.check_data` reject datasets that render another style.
     """
 
     def __init__(self, conditioning_channels: tuple[int, ...] | None = None,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, pose_style: str | None = None):
         super().__init__(conditioning_channels, hint=True,
                          gradient_checkpointing=gradient_checkpointing)
+        self.pose_style = pose_style
 
     def save_diffusers(self, folder: str) -> None:
         """Write the copy as a diffusers ControlNet folder (`config.json` +
