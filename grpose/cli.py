@@ -14,7 +14,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
 from grpose.callbacks.images import GenerationWriter
-from grpose.diffusion.module import read_checkpoint
+from grpose.diffusion.checkpoint import read_checkpoint
 
 PATH_ARGS = ("root", "image_root", "eval_list", "path", "weights", "checkpoint")  # inputs
 STAGES = ("train", "val", "test", "predict")
