@@ -175,6 +175,15 @@ def _perturb_fixture():
     return perturb_zero_parameters
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on 2 cores shared with other jobs, 2 threads are much slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests are skipped on machines without CUDA."""
     if torch.cuda.is_available():

@@ -22,15 +22,6 @@ def synthetic_batch(n: int, res: int = 64, seed: int = 0, split: str = "val"):
     return collate_pose_samples([ds[i] for i in range(n)])
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on 2 cores shared with other jobs, 2 threads are much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- RMPG --------------------------------------------------------------------------------------
 def test_rmpg_starts_as_identity_and_switches_off():
     x = torch.randn(2, 32, 6, 5)

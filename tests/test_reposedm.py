@@ -27,15 +27,6 @@ def compose(*names: str) -> list[str]:
     return [arg for name in names for arg in ("--config", f"configs/{name}.yaml")]
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on 2 cores shared with other jobs, 2 threads are much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def synthetic_people(num: int, split: str) -> torch.Tensor:
     ds = SyntheticPoseDataset(num, seed=0, split=split, resolution=64)
     return torch.cat([ds[i].keypoints for i in range(num)])  # (N, 17, 3)
