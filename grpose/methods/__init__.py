@@ -3,6 +3,7 @@
 from grpose.methods.base import NoPose, PoseMethod, UNetConditioning
 from grpose.methods.controlnet import ControlNet
 from grpose.methods.grpose import GRPoseFeature, GRPoseSkeleton
+from grpose.methods.kb_dmgen import KBDMGen
 from grpose.methods.stable_pose import StablePose
 
 METHODS: dict[str, type[PoseMethod]] = {
@@ -11,6 +12,7 @@ METHODS: dict[str, type[PoseMethod]] = {
     "grpose_skeleton": GRPoseSkeleton,
     "grpose_feature": GRPoseFeature,
     "stable_pose": StablePose,
+    "kb_dmgen": KBDMGen,
 }
 """Every method by its registry name (the name of its YAML under configs/method/)."""
 CLASS_PATHS = {f"grpose.methods.{cls.__name__}": name
@@ -39,5 +41,5 @@ def method_from_config(path: str, **overrides) -> PoseMethod:
     return METHODS[name](**{**(spec.get("init_args") or {}), **overrides})
 
 
-__all__ = ["METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton", "NoPose", "PoseMethod",
-           "StablePose", "UNetConditioning", "method_class", "method_from_config"]
+__all__ = ["METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton", "KBDMGen", "NoPose",
+           "PoseMethod", "StablePose", "UNetConditioning", "method_class", "method_from_config"]
