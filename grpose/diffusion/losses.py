@@ -10,6 +10,7 @@ from torch import nn
 
 from grpose.data.batch import PoseBatch
 from grpose.data.condition import PoseCondition
+from grpose.methods.kb_dmgen.masking import dynamic_pose_mask
 from grpose.pose.decode import encode_targets
 from grpose.pose.detector import load_pose_checkpoint
 
@@ -104,6 +105,24 @@ class HeatmapGuidedMSE(LossTerm):
         err = (step.eps_pred.float() - step.noise.float()) ** 2  # (B, 4, h, w)
         loss = ((1 + self.strength * heat) * err).mean()
         return loss, {"diffusion": loss.detach(), "heatmap": heat.mean()}
+
+
+class DynamicPoseWeightedMSE(PoseWeightedMSE):
+    """`PoseWeightedMSE` with KB-DMGen's dynamic mask (`dynamic_pose_mask`: coarse at high noise,
+    fine at low noise, soft between) instead of the fine mask. `gate`: fixed `(a, b)` of the
+    sigmoid schedule (None: linear in t); a method's learned gate is not used here, where it would
+    learn to shrink the weighted region."""
+
+    def __init__(self, alpha: float = 5.0, weight: float = 1.0,
+                 gate: tuple[float, float] | None = None):
+        super().__init__(alpha, weight)
+        self.gate = None if gate is None else tuple(gate)
+
+    def forward(self, step: DiffusionStep) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mask = dynamic_pose_mask(step.cond.coarse_mask, step.cond.fine_mask, step.timesteps,
+                                 len(step.alphas_cumprod), self.gate)
+        loss = pose_weighted_mse(step.eps_pred, step.noise, mask, self.alpha)
+        return loss, {"diffusion": loss.detach()}
 
 
 class PosePerceptionLoss(LossTerm):

@@ -4,6 +4,7 @@ from grpose.methods.base import NoPose, PoseMethod, UNetConditioning
 from grpose.methods.controlnet import ControlNet
 from grpose.methods.grpose import GRPoseFeature, GRPoseSkeleton
 from grpose.methods.humansd import HumanSD
+from grpose.methods.kb_dmgen import KBDMGen
 from grpose.methods.stable_pose import StablePose
 from grpose.methods.t2i_adapter import T2IAdapter
 from grpose.methods.weights import load_method, load_method_weights, save_method
@@ -14,6 +15,7 @@ METHODS: dict[str, type[PoseMethod]] = {
     "grpose_skeleton": GRPoseSkeleton,
     "grpose_feature": GRPoseFeature,
     "stable_pose": StablePose,
+    "kb_dmgen": KBDMGen,
     "t2i_adapter": T2IAdapter,
     "humansd": HumanSD,  # last: its attach widens the UNet's conv_in (tools/bench_step shares one)
 }
@@ -44,6 +46,6 @@ def method_from_config(path: str, **overrides) -> PoseMethod:
     return METHODS[name](**{**(spec.get("init_args") or {}), **overrides})
 
 
-__all__ = ["METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton", "HumanSD", "NoPose",
-           "PoseMethod", "StablePose", "T2IAdapter", "UNetConditioning", "load_method",
+__all__ = ["METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton", "HumanSD", "KBDMGen",
+           "NoPose", "PoseMethod", "StablePose", "T2IAdapter", "UNetConditioning", "load_method",
            "load_method_weights", "method_class", "method_from_config", "save_method"]

@@ -51,14 +51,17 @@ def unpatchify(t: torch.Tensor, p: int, hh: int, ww: int) -> torch.Tensor:
 
 def pose_masked_logits(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Attention logits `(B, H, N, N)` with every non-pose query -> non-pose key entry set to the
-    item's minimum logit (detached; not -inf, as the release), for `mask (B, N)` bool (True = pose
-    token); pose tokens attend and are attended everywhere. The release takes the minimum over
-    the whole batch; ours is per item, so an item's output does not depend on its batch."""
+    item's minimum logit (detached; not -inf, as the release), for `mask (B, N)` bool or 0/1
+    (1 = pose token); pose tokens attend and are attended everywhere. The release takes the
+    minimum over the whole batch; ours is per item, so an item's output does not depend on its
+    batch. A soft mask in [0, 1] (KB-DMGen's dynamic mask) interpolates each entry between its
+    logit and the minimum by the larger of its query's and key's weights (exact at 0 and 1)."""
     if mask is None:
         return logits
-    allowed = mask[:, None, :, None] | mask[:, None, None, :]  # (B, 1, N, N)
+    m = mask.to(logits.dtype)
+    allowed = torch.maximum(m[:, None, :, None], m[:, None, None, :])  # (B, 1, N, N)
     floor = logits.detach().amin(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-    return torch.where(allowed, logits, floor)
+    return torch.lerp(floor, logits, allowed)
 
 
 def pose_masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -127,10 +130,10 @@ class PMSAViT(nn.Module):
         return t + self._positions(hh // self.patch, ww // self.patch, t)
 
     def forward(self, x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
-        """`x (B, C, H, W)`, `masks` [coarse, fine] `(B, 1, H, W)` 0/1 on the same grid (a token
-        is pose where any pixel of its patch is) -> `(B, C, H, W)`."""
+        """`x (B, C, H, W)`, `masks` [coarse, fine] `(B, 1, H, W)` in [0, 1] on the same grid (a
+        token takes the largest weight in its patch: pose where any pixel is) -> `(B, C, H, W)`."""
         t = self.tokens(x)  # (B, N, D)
-        pooled = [F.max_pool2d(m.float(), self.patch).flatten(1) > 0.5 for m in masks]  # (B, N)
+        pooled = [F.max_pool2d(m.float(), self.patch).flatten(1) for m in masks]  # (B, N)
         for i, layer in enumerate(self.layers):
             t = layer(t, pooled[min(i, len(pooled) - 1)])
         return self.out_conv(unpatchify(t, self.patch, *x.shape[-2:]))
