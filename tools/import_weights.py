@@ -21,7 +21,7 @@ import os
 import torch
 from diffusers import UNet2DConditionModel
 
-from grpose.diffusion.components import read_state_dict
+from grpose.data.io import read_state_dict
 from grpose.methods import ControlNet, GRPoseFeature, method_from_config, save_method
 
 CONFIGS = {"grpose": "configs/method/grpose_feature.yaml",

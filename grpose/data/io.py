@@ -8,6 +8,7 @@ import pickle
 import zipfile
 
 import numpy as np
+import torch
 from PIL import Image
 
 from grpose.data.skeletons import NUM_JOINTS
@@ -200,3 +201,27 @@ def save_pose_npz(path: str, people: np.ndarray, scores=None) -> None:
     arr[:] = entries
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     np.savez(path, arr_0=arr)
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors without running pickled code: safetensors; a TorchScript archive
+    (OpenAI CLIP) through `torch.jit.load` on the CPU; any other pickle with `weights_only`."""
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"weights: local file {path!r} does not exist (weights are never "
+                                "downloaded; point the config at a local copy)")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            scripted = any(n.endswith("/constants.pkl") for n in archive.namelist())
+        if scripted:
+            return torch.jit.load(path, map_location="cpu").state_dict()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # an unsafe or corrupt pickle: refused, not run
+        raise ValueError(f"{path}: not loadable as plain tensors ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0]})") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return state

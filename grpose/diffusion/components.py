@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from contextlib import contextmanager
 
 import open_clip
@@ -15,6 +14,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from open_clip.transformer import QuickGELU, TextTransformer
 from torch import nn
+
+from grpose.data.io import read_state_dict
 
 SD15_LATENT_SCALE = 0.18215
 SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
@@ -172,28 +173,6 @@ class OpenCLIPTextEncoder(nn.Module):
         device = self.tower.token_embedding.weight.device
         _, tokens = self.tower(self.tokenize(captions).to(device))
         return tokens  # (B, 77, D)
-
-
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A checkpoint's tensors without running pickled code: safetensors; a TorchScript archive
-    (OpenAI CLIP) through `torch.jit.load` on the CPU; any other pickle with `weights_only`."""
-    _require_local(path, "weights")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(path)
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            scripted = any(n.endswith("/constants.pkl") for n in archive.namelist())
-        if scripted:
-            return torch.jit.load(path, map_location="cpu").state_dict()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # an unsafe or corrupt pickle: refused, not run
-        raise ValueError(f"{path}: not loadable as plain tensors ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0]})") from err
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return state
 
 
 TOWER_KEYS = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio")

@@ -10,6 +10,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import _build_vision_tower
 from torch import nn
 
+from grpose.data.io import read_state_dict
+
 
 class OpenCLIPImageEncoder(nn.Module):
     """CLIP image tower through open_clip: images `(B, 3, H, W)` in [-1, 1] -> image embeddings
@@ -50,7 +52,9 @@ class OpenCLIPImageEncoder(nn.Module):
         if not path or not os.path.exists(path):
             raise FileNotFoundError(f"image encoder weights: local path {path!r} does not exist "
                                     "(weights are never downloaded)")
-        state = open_clip.factory.load_state_dict(path, weights_only=False)
+        state = read_state_dict(path)
+        state = state.get("state_dict", state)
+        state = {k.removeprefix("module."): v for k, v in state.items()}
         visual = {k.removeprefix("visual."): v for k, v in state.items()
                   if k.startswith("visual.")}
         try:
