@@ -13,6 +13,7 @@ from torch import nn
 from grpose.data.condition import PoseCondition
 from grpose.methods.base import zero_module
 from grpose.methods.encoder import EncoderCopyMethod, PoseStage
+from grpose.methods.stable_pose_release import state_dict_from_release
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -114,8 +115,16 @@ class PMSAViT(nn.Module):
         self.embed = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.LayerNorm(dim))
         self.layers = nn.ModuleList(PMSALayer(dim, heads, head_dim, mlp_dim) for _ in range(depth))
         self.out_conv = _conv3x3(vit_channels, channels)
-        self.register_buffer("positions", None if grid is None else sincos_positions(
-            grid, grid, dim), persistent=False)
+        self.grid = grid
+        self.register_buffer("positions", None, persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """(Re)compute the positions buffer (e.g. after `to_empty`)."""
+        if self.grid is not None:
+            dim = self.embed[1].in_features
+            self.positions = sincos_positions(self.grid, self.grid, dim).to(
+                self.out_conv.weight.device)
 
     def _positions(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
         pos = self.positions
@@ -251,6 +260,12 @@ class StablePose(EncoderCopyMethod):
             resnet.in_channels, resnet.out_channels, self.pose_channels[-1],
             resnet.time_emb_proj.in_features, self.controlnet.config.norm_num_groups,
             self.dropout, grid=self._grid, **self.vit_settings)
+
+    def state_dict_from_release(self, release: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This method's state dict from the released checkpoint (`humanart.pth`; its
+        `stable_pose_adapter.*` tensors, see `grpose.methods.stable_pose_release`). Call `attach`
+        first."""
+        return state_dict_from_release(self, release)
 
     def prepare(self, cond: PoseCondition) -> PoseCondition:
         """The pose features `(B, Cp, h, w)` (they depend on the pose image alone)."""

@@ -87,3 +87,31 @@ def load_method_weights(method: PoseMethod, folder: str) -> None:
 
 def _plain(value):
     return json.loads(json.dumps(value))  # tuples as lists, as the JSON holds them
+
+
+def map_release(ours: dict[str, torch.Tensor], source: dict[str, torch.Tensor],
+                names: dict[str, str], prefix: str, method: str) -> dict[str, torch.Tensor]:
+    """`ours`' state dict filled from the release tensors `source` (keys without `prefix`) by
+    `names` (our key -> the release's). Every release tensor must find its parameter and every
+    parameter its tensor, of the same shape; otherwise a `ValueError` names the keys."""
+    unused = sorted(set(source) - set(names.values()))
+    missing = sorted(k for k in ours if k not in names)
+    wrong = [f"{prefix}{names[k]} {tuple(source[names[k]].shape)} -> {k} {tuple(v.shape)}"
+             for k, v in ours.items() if k in names and source[names[k]].shape != v.shape]
+    if unused or missing or wrong:
+        raise ValueError(f"release weights do not fit {method}: unused "
+                         f"{[prefix + k for k in unused][:8]}, parameters not set "
+                         f"{missing[:8]}, shape mismatches {wrong[:8]}")
+    return {k: source[names[k]] for k in ours}
+
+
+def encoder_copy_names(release_keys: list[str], layers_per_block: int,
+                       stages: tuple[str, ...] = ()) -> dict[str, str]:
+    """Our key -> the release's for the encoder copy's tensors in the original LDM ControlNet
+    layout (`input_blocks.*`, `zero_convs.*`, ...), by diffusers' LDM -> ControlNet conversion;
+    keys under the `stages` prefixes (replaced blocks, mapped by their method) are left out."""
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+    identity = {k: k for k in release_keys}  # the converter moves the names along
+    converted = convert_controlnet_checkpoint(identity, {"layers_per_block": layers_per_block})
+    return {f"controlnet.{ours}": key for ours, key in converted.items()
+            if key is not None and not key.startswith(stages)}

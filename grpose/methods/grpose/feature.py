@@ -9,13 +9,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 from torch import nn
 
 from grpose.data.condition import PoseCondition
 from grpose.graph.feature import FeatureGraphBlock
 from grpose.methods.base import zero_module
 from grpose.methods.encoder import EncoderCopyMethod, PoseStage
+from grpose.methods.weights import encoder_copy_names, map_release
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -158,17 +158,7 @@ class GRPoseFeature(EncoderCopyMethod):
         if not source:
             raise ValueError(f"no {prefix}* keys: not a GRPose release checkpoint")
         names = release_names(self, list(source))  # ours -> release
-        ours = self.state_dict()
-        unused = sorted(set(source) - set(names.values()))
-        missing = sorted(k for k in ours if k not in names)
-        wrong = [f"{prefix}{names[k]} {tuple(source[names[k]].shape)} -> {k} "
-                 f"{tuple(v.shape)}" for k, v in ours.items()
-                 if k in names and source[names[k]].shape != v.shape]
-        if unused or missing or wrong:
-            raise ValueError(f"release weights do not fit grpose_feature: unused "
-                             f"{[prefix + k for k in unused][:8]}, parameters not set "
-                             f"{missing[:8]}, shape mismatches {wrong[:8]}")
-        return {k: source[names[k]] for k in ours}
+        return map_release(self.state_dict(), source, names, prefix, "grpose_feature")
 
 
 RELEASE_STAGE = {"in_layers.2": "in_conv", "emb_layers.1": "time_proj", "out_layers.2": "out_conv",
@@ -212,9 +202,6 @@ def release_names(method: GRPoseFeature, release_keys: list[str]) -> dict[str, s
             continue
         if ours is not None:
             names[ours] = key
-    # the LDM names of the encoder copy; the converter also renames the stages' keys: dropped
-    encoder = {k: k for k in release_keys if not k.startswith("pose_encoder.")}
-    converted = convert_controlnet_checkpoint(encoder, {"layers_per_block": per_level - 1})
-    names.update({f"controlnet.{ours}": key for ours, key in converted.items()
-                  if key is not None and not any(key.startswith(s) for s in stages)})
+    encoder = [k for k in release_keys if not k.startswith("pose_encoder.")]
+    names.update(encoder_copy_names(encoder, per_level - 1, tuple(stages)))
     return names
