@@ -1,5 +1,6 @@
 """T2I-Adapter: our sampling against diffusers' `StableDiffusionAdapterPipeline` (the anchor), its
-features computed once per sampling run, and a clear error for a wrong downscale factor."""
+features computed once per sampling run, a clear error for a wrong downscale factor, and the
+export as a diffusers `T2IAdapter` folder (loaded by the pipeline, equal to our sampler)."""
 from __future__ import annotations
 
 import pytest
@@ -89,3 +90,89 @@ def test_a_wrong_downscale_factor_is_named(tiny_parts, inputs):
     text, _, latents, cond = inputs
     with pytest.raises(ValueError, match="downscale_factor"):
         predict_eps(tiny_parts[0], method, latents, torch.tensor([500] * 3), text, cond)
+
+
+# -- export as a diffusers T2IAdapter folder ------------------------------------------------------
+def test_exported_adapter_in_the_diffusers_pipeline_equals_our_sampler(tmp_path, tiny_parts,
+                                                                      tiny_batch):
+    from diffusers import StableDiffusionAdapterPipeline
+    from diffusers import T2IAdapter as DiffusersT2IAdapter
+
+    from grpose.diffusion import PoseDiffusionModule
+    from grpose.diffusion.components import noise_scheduler
+    from grpose.diffusion.sampling import initial_latents
+    unet, vae, text_encoder = tiny_parts
+    module = PoseDiffusionModule(unet, vae, text_encoder,
+                                 T2IAdapter(downscale_factor=4, zero_convs=False),
+                                 noise_scheduler(), num_inference_steps=3,
+                                 guidance=ClassifierFreeGuidance(3.0))
+    assert not list(module.method.zero_convs)  # diffusers' layout: nothing on the outputs
+    module.method.save_diffusers(str(tmp_path / "t2i"))
+    assert (tmp_path / "t2i" / "diffusion_pytorch_model.safetensors").is_file()
+    seeds = [1, 2, 3]
+    ours = module.generate(tiny_batch, seeds, scale=1.5)  # (B, 3, 64, 64) in [-1, 1]
+    with torch.no_grad():
+        text = module.encode_text(tiny_batch.captions)  # (3, 77, 32)
+        negative = module.encode_text([module.hparams.negative_prompt] * 3)
+    pipe = StableDiffusionAdapterPipeline(
+        vae=vae, text_encoder=None, tokenizer=None, unet=unet,
+        adapter=DiffusersT2IAdapter.from_pretrained(tmp_path / "t2i"),
+        scheduler=ddim_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(prompt_embeds=text, negative_prompt_embeds=negative,
+                  image=(tiny_batch.pose_image + 1) / 2, num_inference_steps=3, guidance_scale=3.0,
+                  adapter_conditioning_scale=1.5, output_type="np",
+                  latents=initial_latents(seeds, (4, 16, 16), "cpu", torch.float32)).images
+    theirs = torch.from_numpy(theirs).permute(0, 3, 1, 2)  # (B, H, W, 3) in [0, 1] -> (B, 3, H, W)
+    torch.testing.assert_close((ours + 1) / 2, theirs, rtol=0, atol=1e-4)
+    assert (theirs - theirs.mean()).abs().mean() > 0.01  # not a blank image
+    plain = module.generate(tiny_batch, seeds, scale=0.0)
+    assert not torch.allclose(ours, plain, atol=1e-3)  # the exported adapter steers
+
+
+def test_diffusers_folder_both_ways_and_zero_convs_refused(tmp_path, tiny_parts):
+    unet = tiny_parts[0]
+    source = T2IAdapter(downscale_factor=4, zero_convs=False)
+    source.attach(unet)
+    source.save_diffusers(str(tmp_path / "t2i"))
+    target = T2IAdapter(downscale_factor=4, zero_convs=False)
+    target.attach(unet)
+    target.load_diffusers(str(tmp_path / "t2i"))
+    sa, sb = source.state_dict(), target.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    other = T2IAdapter(downscale_factor=4, num_res_blocks=1, zero_convs=False)
+    other.attach(unet)
+    with pytest.raises(ValueError, match="num_res_blocks"):
+        other.load_diffusers(str(tmp_path / "t2i"))
+    ours = T2IAdapter(downscale_factor=4)  # zero convs: no place in diffusers' layout
+    ours.attach(unet)
+    with pytest.raises(ValueError, match="zero_convs: false"):
+        ours.save_diffusers(str(tmp_path / "zero"))
+
+
+def test_export_tool_writes_the_diffusers_adapter(tmp_path):
+    import glob
+
+    from diffusers import T2IAdapter as DiffusersT2IAdapter
+
+    from grpose.cli import main as cli
+    from grpose.diffusion.components import tiny_unet
+    from grpose.methods import load_method
+    from tools.export_weights import main
+    root = str(tmp_path)
+    configs = ("trainer/cpu", "base/tiny", "data/synthetic_tiny", "method/tiny/t2i_adapter")
+    cli(["fit", *[a for c in configs for a in ("--config", f"configs/{c}.yaml")],
+         "--model.init_args.method.init_args.zero_convs=false",
+         f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
+         "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--data.init_args.batch_size=2",
+         "--data.init_args.train.init_args.num_samples=2"])
+    ckpt = glob.glob(f"{root}/**/last.ckpt", recursive=True)[0]
+    main([ckpt, "--out", f"{root}/export", "--diffusers", f"{root}/t2i"])
+    state = {k.removeprefix("method."): v for k, v in
+             torch.load(ckpt, weights_only=True)["state_dict"].items()}
+    loaded = load_method(f"{root}/export", tiny_unet())
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in state.items())
+    net = DiffusersT2IAdapter.from_pretrained(f"{root}/t2i")
+    assert all(torch.equal(v, net.state_dict()[k.removeprefix("adapter.")])
+               for k, v in state.items())

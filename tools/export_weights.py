@@ -5,8 +5,9 @@
 
 Writes `OUT/method.safetensors` + `OUT/method.json` (registry name and settings), which
 `grpose.methods.load_method(OUT, unet)` or `--model.init_args.method_weights=OUT` load back;
-`--diffusers DIR` (ControlNet only) also writes a diffusers ControlNet folder that
-`StableDiffusionControlNetPipeline` loads. The checkpoint's model is rebuilt from the settings
+`--diffusers DIR` also writes a diffusers folder: ControlNet's, which
+`StableDiffusionControlNetPipeline` loads, or T2I-Adapter's (`zero_convs: false` only), which
+`StableDiffusionAdapterPipeline` loads. The checkpoint's model is rebuilt from the settings
 it stores (the frozen parts from their local files) and read without running pickled code.
 """
 from __future__ import annotations
@@ -14,18 +15,19 @@ from __future__ import annotations
 import argparse
 
 from grpose.diffusion import PoseDiffusionModule
-from grpose.methods import ControlNet, save_method
+from grpose.methods import ControlNet, T2IAdapter, save_method
 
 
 def export(checkpoint: str, out: str, diffusers: str | None = None) -> PoseDiffusionModule:
-    """Write the method of `checkpoint` to `out` (and, for ControlNet, to `diffusers`)."""
+    """Write the method of `checkpoint` to `out` (and, for ControlNet and T2I-Adapter, as a
+    diffusers folder to `diffusers`)."""
     module = PoseDiffusionModule.load_from_checkpoint(checkpoint, map_location="cpu",
                                                       weights_only=True)
     save_method(module.method, out)
     if diffusers is not None:
-        if not isinstance(module.method, ControlNet):
+        if not isinstance(module.method, (ControlNet, T2IAdapter)):
             raise ValueError(f"--diffusers: {type(module.method).__name__} has no diffusers "
-                             "ControlNet layout")
+                             "layout (ControlNet and T2I-Adapter have)")
         module.method.save_diffusers(diffusers)
     return module
 
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a grpose Lightning checkpoint (.ckpt)")
     parser.add_argument("--out", required=True, help="folder for method.safetensors + .json")
-    parser.add_argument("--diffusers", help="also write a diffusers ControlNet folder here")
+    parser.add_argument("--diffusers", help="also write a diffusers ControlNet / T2IAdapter "
+                        "folder here")
     args = parser.parse_args(argv)
     module = export(args.checkpoint, args.out, args.diffusers)
     method = module.method
