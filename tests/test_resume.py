@@ -21,12 +21,14 @@ def ids(batches) -> list:
 
 
 # -- data order and augmentation ------------------------------------------------------------------
-def test_train_loader_resumes_mid_epoch():
+@pytest.mark.parametrize("workers", [0, 2])
+def test_train_loader_resumes_mid_epoch(workers):
     """The loader's state after 2 batches, loaded into a fresh loader, serves the epoch's
     remaining batches, images and captions (flips, caption dropout) included."""
     def loader():
         train = SyntheticPoseDataset(24, resolution=32, flip_p=0.5)
-        return PoseDataModule(train=train, batch_size=4, seed=3).train_dataloader()
+        return PoseDataModule(train=train, batch_size=4, seed=3,
+                              num_workers=workers).train_dataloader()
 
     first = loader()
     it = iter(first)
@@ -76,20 +78,23 @@ def test_interrupted_checkpoint_write_leaves_the_old_file(tmp_path, monkeypatch)
 
 
 KILLED_WRITER = """
-import sys, time, torch
-from grpose.diffusion.checkpoint import AtomicCheckpointIO
+import importlib.util, sys, time, torch
+spec = importlib.util.spec_from_file_location("checkpoint", sys.argv[2])  # not grpose's imports
+checkpoint = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(checkpoint)
 def stuck(obj, f):
     f.write(b"PK" + bytes(4096)); f.flush(); print("writing", flush=True); time.sleep(60)
 torch.save = stuck
-AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "global_step": 2}, sys.argv[1])
+checkpoint.AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "global_step": 2}, sys.argv[1])
 """
 
 
 def test_checkpoint_write_killed_with_sigkill_leaves_the_old_file(tmp_path):
     path = str(tmp_path / "last.ckpt")
     AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "global_step": 1}, path)
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, path], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, text=True)
+    source = os.path.join(ROOT, "grpose", "diffusion", "checkpoint.py")
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, path, source], cwd=ROOT,
+                            env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "writing"  # mid-write
     finally:
