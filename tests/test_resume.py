@@ -130,7 +130,7 @@ def finish(proc: subprocess.Popen, root) -> None:
         pytest.fail(open(os.path.join(root, "log.txt")).read()[-3000:])
 
 
-@pytest.mark.slow  # ~40 s: 3 CLI runs of 15 tiny steps, 2 of them side by side
+@pytest.mark.slow  # 40-50 s on 2 busy cores: 3 CLI runs of 15 tiny steps, 2 side by side
 def test_kill_9_mid_epoch_and_resume_equals_uninterrupted(tmp_path):
     """A run SIGKILLed just after its first checkpoint (step 3 of a 10-batch epoch) and resumed
     with `--ckpt_path last` ends with the method weights and AdamW state of an uninterrupted run:
