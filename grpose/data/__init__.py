@@ -5,7 +5,8 @@ from grpose.data.datamodule import PoseDataModule
 from grpose.data.humanart import HumanArtDataset
 from grpose.data.io import DataError
 from grpose.data.laion_human import LaionHumanDataset
+from grpose.data.sampler import ResumableSampler
 from grpose.data.synthetic import SyntheticPoseDataset
 
 __all__ = ["DataError", "HumanArtDataset", "LaionHumanDataset", "PoseBatch", "PoseCondition", "PoseDataModule",
-           "PoseSample", "SyntheticPoseDataset", "collate_pose_samples"]
+           "PoseSample", "ResumableSampler", "SyntheticPoseDataset", "collate_pose_samples"]

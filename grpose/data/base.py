@@ -52,11 +52,16 @@ class PoseDataset(Dataset):
         on_error: "raise" stops at the first bad item with the file and problem; "skip" logs it,
             counts it in `self.skipped` and serves the next good item instead.
         min_people / max_people: people per image accepted (fewer or more is bad input).
+        seed: augmentation seed: item `index` in epoch `epoch` crops, flips and drops its
+            caption with draws from (seed, epoch, index), whatever process or worker loads it.
+
+    Items are read with an int index (epoch 0) or an `(index, epoch)` key (`ResumableSampler`).
     """
 
     def __init__(self, resolution: int = 512, train: bool = False, flip_p: float = 0.0,
                  caption_dropout: float | None = None, pose_style: str = "humansd",
-                 render_scale: float = 1.0, on_error: str = "raise", min_people: int = 1, max_people: int | None = 10):
+                 render_scale: float = 1.0, on_error: str = "raise", min_people: int = 1,
+                 max_people: int | None = 10, seed: int = 0):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if pose_style not in ("humansd", "openpose"):
@@ -67,7 +72,7 @@ class PoseDataset(Dataset):
                                        flip_p=flip_p if train else 0.0,
                                        caption_dropout=caption_dropout)
         self.resolution, self.train, self.pose_style = resolution, train, pose_style
-        self.render_scale = render_scale
+        self.render_scale, self.seed = render_scale, seed
         self.on_error, self.min_people, self.max_people = on_error, min_people, max_people
         self.records: list[Record] = []
         self.skipped: Counter = Counter()
@@ -115,12 +120,11 @@ class PoseDataset(Dataset):
         return PoseSample(image=to_model_range(image), pose_image=to_model_range(pose),
                           keypoints=torch.from_numpy(people), caption=caption, meta=dict(meta))
 
-    def __getitem__(self, index: int) -> PoseSample:
+    def __getitem__(self, key: int | tuple[int, int]) -> PoseSample:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
         n = len(self.records)
         if n == 0:
             raise IndexError(f"{type(self).__name__} is empty")
-        # Seeded from torch so that Lightning's seed_everything(workers=True) controls it.
-        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
         for step in range(n):  # at most one pass over the data: never an endless retry
             i = (index + step) % n
             if i in self._bad:
@@ -132,5 +136,6 @@ class PoseDataset(Dataset):
                 self.handle_error(e)
                 self._bad.add(i)
                 continue
+            rng = np.random.default_rng([self.seed, epoch, i])
             return self.make_sample(image, people, rec.caption, {**rec.meta, "index": i}, rng)
         raise DataError(type(self).__name__, f"every one of its {n} items is bad", "all bad")

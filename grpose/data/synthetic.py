@@ -224,7 +224,8 @@ class SyntheticPoseDataset(PoseDataset):
 
     Args:
         num_samples: dataset length.
-        seed: content seed; with split and index it fixes each item.
+        seed: content seed; with split and index it fixes each item (and with the epoch, its
+            augmentation).
         split: "training"/"train" or "validation"/"val" (disjoint content, sets augmentation).
         scene: how many people, how large, how often occluded (`Scene`).
         **kwargs: `PoseDataset` options (resolution, flip_p, caption_dropout, pose_style, ...).
@@ -235,16 +236,19 @@ class SyntheticPoseDataset(PoseDataset):
         self.split = canonical_split(split)
         kwargs.setdefault("min_people", 0)
         super().__init__(train=self.split in TRAIN_SPLITS.values() if train is None else train,
-                         **kwargs)
-        self.num_samples, self.seed, self.scene = num_samples, seed, scene
+                         seed=seed, **kwargs)
+        self.num_samples, self.scene = num_samples, scene
 
     def __len__(self) -> int:
         return self.num_samples
 
-    def __getitem__(self, index: int) -> PoseSample:
+    def __getitem__(self, key: int | tuple[int, int]) -> PoseSample:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
         image, people, caption, meta = generate_synthetic(self.seed, index, self.resolution,
                                                           self.split, self.scene)
-        rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 1])
+        # augmentation: per (seed, split, index, epoch); epoch 0 draws what it always drew
+        extra = [epoch] if epoch else []
+        rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 1, *extra])
         return self.make_sample(image, people, caption, {**meta, "index": index}, rng)
