@@ -10,7 +10,7 @@ ARGS ?=
 EVAL_CONFIG ?= configs/eval/humanart.yaml
 IMAGES ?= runs/predict
 
-.PHONY: help install lock demo test test-all test-gpu train eval bench clean
+.PHONY: help install lock demo compare test test-all test-gpu train eval bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ lock:  ## re-resolve the dependencies in a fresh venv and pin them in constraint
 
 demo: install  ## the main job offline: train and evaluate GRPose, ControlNet, no-pose on synthetic data (CPU)
 	$(PY) -m grpose.demo $(ARGS)
+
+compare: install  ## every method (+ GRPose with RePoseDM) on the same base and budget, 3 seeds, mean +- std (CPU)
+	$(PY) -m grpose.demo compare $(ARGS)
 
 test: install  ## run the fast test suite (offline, CPU)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

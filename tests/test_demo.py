@@ -1,41 +1,100 @@
-"""The end-to-end demo, shortened to seconds (`--quick`): every stage, the report, reuse."""
+"""The end-to-end demo and comparison, shortened to seconds (`--quick`): every stage, worker
+processes, the report, reuse; the summary statistics and the task runner on their own."""
 import json
+import math
+
+import numpy as np
+import pytest
 
 from grpose.demo import main
+from grpose.demo.report import pair_notes, summarise
+from grpose.demo.tasks import Task, run_tasks
 
 
 def test_quick_demo_end_to_end_and_stage_reuse(tmp_path, capsys):
     out = tmp_path / "demo"
     results = main(["--quick", "--out", str(out)])
-    assert set(results["methods"]) == {"real images", "grpose_skeleton", "controlnet", "no_pose"}
+    assert list(results["methods"]) == ["real images", "no_pose", "grpose_skeleton", "controlnet"]
     for r in results["methods"].values():
-        assert {"ap", "cap", "pce", "fid", "kid"} <= set(r)
+        assert {"ap", "cap", "pce", "fid", "kid", "ap_vs_real"} <= set(r)
+    assert results["seeds"] == [0] and results["pairs"] == []
     assert (out / "results.md").read_text().startswith("# grpose demo results")
     for name in ("grpose_skeleton", "controlnet"):  # each method's scale, picked on other images
-        tuned = results["conditioning_scale"][name]
+        tuned = results["conditioning_scale"][name][0]
         assert set(tuned["ap"]) == {"1.0", "2.0"} and tuned["chosen"] in (1.0, 2.0)
     assert json.loads((out / "results.json").read_text())["num_images"] == 8
     assert {p.name for p in (out / "grids").iterdir()} == {
-        "real_images.png", "grpose_skeleton.png", "controlnet.png", "no_pose.png"}
+        "real.png", "no_pose-s0.png", "grpose_skeleton-s0.png", "controlnet-s0.png"}
+    assert (out / "ap_vs_fid.png").stat().st_size > 0
     assert any((out / "tb").rglob("events.out.tfevents*"))
     capsys.readouterr()
-    main(["--quick", "--out", str(out)])  # a second run reuses every trained stage
+    main(["--quick", "--out", str(out)])  # a second run reuses every stage
     log = capsys.readouterr().out
-    for stage in ("data", "pose", "vae", "base", "grpose_skeleton", "controlnet"):
+    for stage in ("data", "pose", "vae", "base", "grpose_skeleton-s0", "controlnet-s0",
+                  "score/real", "score/controlnet-s0"):
         assert f"[demo] {stage}: reusing" in log
-    assert json.loads((out / "results.json").read_text())["wall_seconds"] > 0
-    main(["--quick", "--out", str(out), "--adapter-lr", "1e-3"])  # only the adapters change
+    main(["--quick", "--out", str(out), "--adapter-lr", "1e-3"])  # only the methods change
     log = capsys.readouterr().out
-    for stage in ("data", "pose", "vae", "base"):
+    for stage in ("data", "pose", "vae", "base", "score/real", "score/no_pose-s0"):
         assert f"[demo] {stage}: reusing" in log
-    for stage in ("grpose_skeleton", "controlnet"):
+    for stage in ("grpose_skeleton-s0", "controlnet-s0", "score/controlnet-s0"):
         assert f"[demo] {stage}: reusing" not in log and f"[demo] {stage} ..." in log
 
 
+def test_quick_compare_in_worker_processes(tmp_path):
+    """Two seeds, stages in two worker processes, the GRPose + RePoseDM row (which needs the
+    guide pose network, the field and GRPose trained for each seed)."""
+    out = tmp_path / "compare"
+    results = main(["compare", "--quick", "--jobs", "2", "--seeds", "0,1",
+                    "--methods", "grpose_skeleton+reposedm", "--out", str(out)])
+    rows = ["no_pose", "grpose_skeleton+reposedm"]
+    assert list(results["methods"]) == ["real images", *rows]
+    for row in rows:
+        values = [results["per_seed"][row][s]["fid"] for s in (0, 1)]
+        assert results["methods"][row]["fid"] == pytest.approx(np.mean(values))
+        assert results["std"][row]["fid"] == pytest.approx(np.std(values, ddof=1))
+    assert (out / "grpose_skeleton-s1" / "method.pt").is_file()
+    assert (out / "results.md").read_text().startswith("# grpose method comparison")
+    assert set(json.loads((out / "results.json").read_text())["per_seed"]["no_pose"]) == {
+        "0", "1"}
+
+
+def test_summary_and_the_pairs_inside_the_seed_spread():
+    per_seed = {"a": {0: {"ap": 10.0, "fid": 1.0}, 1: {"ap": 14.0, "fid": 1.2}},
+                "b": {0: {"ap": 11.0, "fid": 3.0}, 1: {"ap": 12.0, "fid": 3.1}}}
+    results = summarise(per_seed, {"ap": 20.0, "fid": 0.0})
+    assert results["methods"]["a"]["ap"] == 12.0
+    assert results["std"]["a"]["ap"] == pytest.approx(math.sqrt(8))
+    assert results["methods"]["b"]["ap_vs_real"] == pytest.approx(11.5 / 20)
+    notes = pair_notes(results, ["a", "b"], n_seeds=2)
+    assert len(notes) == 1 and notes[0].startswith("a vs b: AP")  # FID differs by 1.95 > 0.16
+    assert pair_notes(results, ["a", "b"], n_seeds=1) == []
+
+
+def record(cfg, inputs, name):
+    return {"name": name, "inputs": sorted(inputs)}
+
+
+def fail(cfg, inputs):
+    raise ValueError("broken stage")
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_tasks_run_after_their_inputs_and_failures_name_the_stage(jobs):
+    tasks = [Task("a", record, args=("a",)), Task("b", record, {"x": "a"}, ("b",)),
+             Task("c", record, {"x": "a", "y": "b"}, ("c",))]
+    done = run_tasks(None, tasks, jobs)
+    assert done["c"] == {"name": "c", "inputs": ["x", "y"]}
+    with pytest.raises(RuntimeError, match="stage b failed: broken stage"):
+        run_tasks(None, [Task("a", record, args=("a",)), Task("b", fail, {"x": "a"})], jobs)
+    with pytest.raises(ValueError, match="unknown tasks"):
+        run_tasks(None, [Task("b", record, {"x": "z"}, ("b",))], jobs)
+
+
 def test_demo_rejects_bad_settings_before_training(tmp_path):
-    import pytest
-    for argv, message in ((["--scales", "1,x"], "--scales"),
-                          (["--max-people", "4"], "--max-people")):
+    for argv, message in ((["--scales", "1,x"], "--scales"), (["--max-people", "4"], "--max-people"),
+                          (["--methods", "controlnet,nope"], "--methods"),
+                          (["--seeds", "0,a"], "--seeds"), (["--lr-decay", "step"], "--lr-decay")):
         with pytest.raises(ValueError, match=message):
             main(argv + ["--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()

@@ -1,29 +1,42 @@
-"""The offline end-to-end demo: `python -m grpose.demo` (what `make demo` runs).
+"""The offline end-to-end demo and the method comparison (what `make demo` / `make compare` run).
 
-On the synthetic set, on a CPU, with nothing downloaded: train the pose network; train a tiny
-autoencoder and a tiny text-to-image UNet (the stand-in for SD 1.5), then freeze them; train a
-GRPose adapter (skeleton-graph PGI) and the ControlNet baseline on that frozen base with the same
+`python -m grpose.demo`: on the synthetic set, on a CPU, with nothing downloaded: train the pose
+network; train a tiny autoencoder and a tiny text-to-image UNet (the stand-in for SD 1.5), then
+freeze them; train GRPose (skeleton-graph PGI) and ControlNet on that frozen base with the same
 budget; generate images for held-out poses with them and with the base alone (no pose); score
-everything with the pose network (AP, CAP, PCE) and FID / KID on the pose network's features.
-Each stage reuses its earlier output when its settings have not changed.
+everything with the pose network (AP, CAP, PCE) and FID / KID on its features.
+
+`python -m grpose.demo compare`: the same for every registered method and GRPose + RePoseDM
+guidance, over seeds 0, 1, 2 (mean +- standard deviation) -> runs/compare/results.{md,json}.
+
+Stages run two at a time in worker processes; each reuses its earlier output while its
+settings have not changed.
 """
 from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
 
-from grpose.demo.run import QUICK, DemoConfig, run
+from grpose.demo.run import COMPARE, QUICK, DemoConfig, run
 
 
 def main(argv=None) -> dict:
-    """`python -m grpose.demo [--flags]`: run the demo; returns its results."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    """`python -m grpose.demo [compare] [--flags]`: run the demo or the comparison."""
+    p = argparse.ArgumentParser(prog="python -m grpose.demo", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("command", nargs="?", choices=("demo", "compare"), default="demo")
     for field, value in asdict(DemoConfig()).items():
-        p.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value)
+        p.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=None,
+                       help=f"default {value!r} (compare: {COMPARE[field]!r})"
+                       if field in COMPARE else f"default {value!r}")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (for tests)")
     args = vars(p.parse_args(argv))
-    quick = args.pop("quick")
-    return run(DemoConfig(**{**args, **(QUICK if quick else {})}))
+    command, quick = args.pop("command"), args.pop("quick")
+    preset = {**(COMPARE if command == "compare" else {}), **(QUICK if quick else {})}
+    given = {k: v for k, v in args.items() if v is not None}
+    cfg = DemoConfig(**{**preset, **given})
+    title = "grpose method comparison" if command == "compare" else "grpose demo results"
+    return run(cfg, title)
 
 
 __all__ = ["DemoConfig", "main", "run"]

@@ -1,132 +1,134 @@
-"""The demo's evaluation and report: metrics per method, image grids, results.md / .json."""
+"""The demo's and the comparison's report: mean +- standard deviation over seeds per row and
+metric, the pairs whose difference is inside the seed spread, an AP-vs-FID plot, grids,
+results.md / results.json."""
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
+import shutil
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from grpose.callbacks.images import to_uint8
-from grpose.data.batch import PoseBatch, collate_pose_samples
-from grpose.data.render import render_pose
-from grpose.metrics.image_quality import ImageQuality
-from grpose.metrics.report import markdown_table
-from grpose.metrics.suite import GenerationMetrics
-from grpose.pose.detector import NetworkDetector
+from grpose.metrics.report import COLUMNS as HEADERS
 
 COLUMNS = ["ap", "cap", "pce", "fid", "kid", "ap_vs_real"]
+PAIR_METRICS = ("ap", "fid")
 
 
-class PoseNetFeatures(nn.Module):
-    """Globally pooled features of our pose network: the FID / KID feature space of the demo."""
-
-    def __init__(self, network: nn.Module):
-        super().__init__()
-        self.network = network
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:  # images in [0, 1]
-        return self.network(images * 2 - 1)["features"].mean(dim=(2, 3))  # (B, C)
-
-
-def overlay(generated: np.ndarray, people: torch.Tensor) -> np.ndarray:
-    """The detected pose drawn over a generated `uint8 (H, W, 3)` image."""
-    pose = render_pose(people.cpu().numpy(), *generated.shape[:2])
-    drawn = pose.any(axis=-1, keepdims=True)
-    return np.where(drawn, (0.3 * generated + 0.7 * pose).astype(np.uint8), generated)
+def summarise(per_seed: dict[str, dict[int, dict]], real: dict) -> dict:
+    """`per_seed[row][seed]` metrics -> {"methods": mean per row, "std": sample standard
+    deviation per row (0 with one seed)}, both with `ap_vs_real`; the real images come first."""
+    means, stds = {"real images": {**real, "ap_vs_real": 1.0}}, {"real images": {}}
+    for row, seeds in per_seed.items():
+        for metrics in seeds.values():
+            metrics["ap_vs_real"] = metrics["ap"] / real["ap"] if real["ap"] > 0 else math.nan
+        keys = list(next(iter(seeds.values())))
+        values = {k: np.array([m[k] for m in seeds.values()], dtype=np.float64) for k in keys}
+        means[row] = {k: float(v.mean()) for k, v in values.items()}
+        stds[row] = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
+    return {"methods": means, "std": stds}
 
 
-def grid(batch: PoseBatch, generated: torch.Tensor, detections: list[dict], n: int = 8):
-    """Rows of image | pose | generated | generated with the detected pose."""
-    rows = []
-    for i in range(min(n, len(batch))):
-        gen = to_uint8(generated[i:i + 1])[0]
-        rows.append(np.concatenate([to_uint8(batch.image[i:i + 1])[0],
-                                    to_uint8(batch.pose_image[i:i + 1])[0], gen,
-                                    overlay(gen, detections[i]["keypoints"])], axis=1))
-    return np.concatenate(rows, axis=0)
+def pair_notes(results: dict, rows: list[str], n_seeds: int) -> list[str]:
+    """For each pair of rows and metric in `PAIR_METRICS`: a note where the difference of the
+    means is within the combined spread sqrt(std_a^2 + std_b^2) > 0 (needs 2 seeds or more)."""
+    if n_seeds < 2:
+        return []
+    notes = []
+    mean, std = results["methods"], results["std"]
+    for a, b in itertools.combinations(rows, 2):
+        for k in PAIR_METRICS:
+            diff, spread = mean[a][k] - mean[b][k], math.hypot(std[a][k], std[b][k])
+            if abs(diff) <= spread and spread > 0:
+                notes.append(f"{a} vs {b}: {HEADERS[k]} {mean[a][k]:.2f} vs {mean[b][k]:.2f}, "
+                             f"difference {diff:+.2f} inside the seed spread {spread:.2f}")
+    return notes
 
 
-@torch.no_grad()
-def evaluate_methods(models: dict, scales: dict, val, network: nn.Module, batch_size: int,
-                     out: str) -> dict:
-    """AP / CAP / PCE / FID / KID of the real held-out images and of each model's generations
-    (`scales[name]`: its conditioning scale)."""
-    network = network.eval().requires_grad_(False)
-    n, res = len(val), val.resolution
+def plot(results: dict, rows: list[str], path: str) -> None:
+    """AP against FID per row, error bars of one standard deviation over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for row in rows:
+        m, s = results["methods"][row], results["std"][row]
+        ax.errorbar(m["fid"], m["ap"], xerr=s["fid"], yerr=s["ap"], fmt="o", capsize=3,
+                    label=row)
+    real = results["methods"]["real images"]["ap"]
+    ax.axhline(real, color="grey", linestyle="--", linewidth=1, label="real images")
+    ax.set_xlabel("FID (pose-network features; lower is better)")
+    ax.set_ylabel("pose AP (higher is better)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
-    def metrics() -> GenerationMetrics:
-        quality = ImageQuality(PoseNetFeatures(network), kid_subset_size=min(200, n),
-                               input_size=(3, res, res))
-        return GenerationMetrics(NetworkDetector(network=network), quality)
 
-    loader = DataLoader(val, batch_size=batch_size, collate_fn=collate_pose_samples)
-    writer = SummaryWriter(os.path.join(out, "tb", "eval"))
+def cell(mean: float, std: float, n_seeds: int) -> str:
+    if mean is None or math.isnan(mean):
+        return "-"
+    digits = 3 if abs(mean) < 10 else 2
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n_seeds > 1 and std else "")
+
+
+def table(results: dict, n_seeds: int) -> str:
+    lines = ["| method | " + " | ".join(HEADERS[c] for c in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 1) + "|"]
+    for row, m in results["methods"].items():
+        s = results["std"].get(row, {})
+        lines.append(f"| {row} | " + " | ".join(cell(m.get(c), s.get(c, 0.0), n_seeds)
+                                                for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def collect_grids(stages: dict[str, dict], out: str) -> None:
+    """Each scoring stage's grid under `out/grids/` and in TensorBoard (`out/tb/eval`)."""
     os.makedirs(os.path.join(out, "grids"), exist_ok=True)
-    results = {}
-    for name, model in [("real images", None), *models.items()]:
-        suite = metrics()
-        for k, batch in enumerate(loader):
-            images = batch.image if model is None else model.generate(batch, scale=scales[name])
-            detections = suite.update(images, batch)
-            if k == 0:
-                g = grid(batch, images, detections)
-                Image.fromarray(g).save(os.path.join(out, "grids", f"{name.replace(' ', '_')}.png"))
-                writer.add_image(f"eval/{name}", g, 0, dataformats="HWC")
-        results[name] = suite.compute()
-        print(f"[demo] {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name].items()),
-              flush=True)
+    writer = SummaryWriter(os.path.join(out, "tb", "eval"))
+    for name in (n for n in stages if n.startswith("score/")):
+        source = os.path.join(out, name, "grid.png")
+        if os.path.isfile(source):
+            target = os.path.join(out, "grids", name.removeprefix("score/") + ".png")
+            shutil.copyfile(source, target)
+            writer.add_image(f"eval/{name.removeprefix('score/')}",
+                             np.asarray(Image.open(source)), 0, dataformats="HWC")
     writer.close()
-    real_ap = results["real images"]["ap"]
-    for r in results.values():
-        r["ap_vs_real"] = r["ap"] / real_ap if real_ap > 0 else float("nan")
-    return {"methods": results, "num_images": n}
 
 
-@torch.no_grad()
-def tune_conditioning_scale(model, tuning, network: nn.Module, scales, batch_size: int
-                            ) -> tuple[float, dict[str, float]]:
-    """The conditioning scale with the best pose AP on the `tuning` images (a set apart from the
-    held-out one); returns it and the AP of each scale.
-
-    A short training leaves the zero-initialised outputs small; a scale above 1 makes up for it,
-    as ControlNet's `controlnet_conditioning_scale` does at inference.
-    """
-    detector = NetworkDetector(network=network.eval().requires_grad_(False))
-    loader = DataLoader(tuning, batch_size=batch_size, collate_fn=collate_pose_samples)
-    aps = {}
-    for scale in scales:
-        suite = GenerationMetrics(detector)
-        for batch in loader:
-            suite.update(model.generate(batch, scale=scale), batch)
-        aps[str(scale)] = suite.compute()["ap"]
-    return max(scales, key=lambda s: aps[str(s)]), aps
-
-
-def write_report(results: dict, out: str) -> None:
+def write_report(results: dict, out: str, title: str) -> str:
+    """results.json, results.md and ap_vs_fid.png under `out`; returns the markdown."""
+    cfg, seeds = results["config"], results["seeds"]
+    rows = [r for r in results["methods"] if r != "real images"]
+    plot(results, rows, os.path.join(out, "ap_vs_fid.png"))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    table = markdown_table(results["methods"], columns=COLUMNS)
-    cfg = results["config"]
-    tuned = results.get("conditioning_scale", {})
-    text = (f"# grpose demo results\n\n{results['num_images']} held-out synthetic images at "
-            f"{cfg['resolution']} px; poses detected by the demo's pose network; FID / KID on "
-            "that network's pooled features (not Inception: numbers are comparable only within "
-            "this table).\n\n" + table + "\nStage times (s): "
-            + ", ".join(f"{k} {v}" for k, v in results["stage_seconds"].items())
-            + f"; this run's wall time {results['wall_seconds'] / 60:.1f} min (a reused stage "
-            "adds only its load time)"
-            + ("\n\nConditioning scale of each adapter, chosen by AP on "
-               f"{cfg['num_tune']} other synthetic images: " + "; ".join(
-                   f"{n} {t['chosen']} (AP by scale: " + ", ".join(
-                       f"{k} {v:.1f}" for k, v in t["ap"].items()) + ")"
-                   for n, t in tuned.items()) if tuned else "")
-            + "\n\nGrids (image | pose | generated | detected pose on generated): "
-            "`grids/*.png`; TensorBoard: `tb/`.\n")
+    scales = "; ".join(
+        f"{row} " + ", ".join(f"s{s}: {c['chosen']}" for s, c in by_seed.items())
+        for row, by_seed in results["conditioning_scale"].items())
+    notes = results["pairs"]
+    text = (f"# {title}\n\n{results['num_images']} held-out synthetic images at "
+            f"{cfg['resolution']} px; every method trained for {cfg['adapter_steps']} steps on "
+            f"the same frozen base; seeds {', '.join(map(str, seeds))}"
+            + (" (mean ± sample standard deviation)" if len(seeds) > 1 else "")
+            + "; poses detected by the demo's pose network; FID / KID on that network's pooled "
+            "features (not Inception: comparable only within this table).\n\n"
+            + table(results, len(seeds))
+            + f"\nConditioning scale of each method, chosen from ({cfg['scales']}) by AP on "
+            f"{cfg['num_tune']} other synthetic images: {scales}.\n"
+            + ("\nDifferences inside the seed spread (sqrt(std_a² + std_b²)):\n\n"
+               + "".join(f"- {n}\n" for n in notes) if notes else "")
+            + "\nStage times (s): " + ", ".join(f"{k} {v}" for k, v in
+                                                 results["stage_seconds"].items())
+            + f".\nThis run's wall time {results['wall_seconds'] / 60:.1f} min with "
+            f"{cfg['jobs']} stage(s) at a time (a reused stage costs only its load time).\n\n"
+            "Grids (image | pose | generated | detected pose on generated): `grids/*.png`; "
+            "AP vs FID: `ap_vs_fid.png`; TensorBoard: `tb/`.\n")
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text)
     print(text, flush=True)
+    return text

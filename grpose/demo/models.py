@@ -1,0 +1,120 @@
+"""The diffusion stages: the base (the stand-in for SD 1.5), one trained method per (name, seed),
+and a trained model loaded back for scoring. Each method is built from its tiny config
+(configs/method/tiny/<name>.yaml: the method, its loss and training options)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from grpose.data import PoseDataModule
+from grpose.demo.stages import (build_object, datasets, model_spec, run_stage, text_encoder,
+                                trainer)
+from grpose.diffusion import PoseDiffusionModule
+from grpose.diffusion.components import load_unet, load_vae, noise_scheduler, tiny_unet
+from grpose.diffusion.guidance import ClassifierFreeGuidance
+from grpose.diffusion.losses import PoseWeightedMSE
+from grpose.methods import NoPose, method_from_config
+
+REPOSEDM = "grpose_skeleton+reposedm"
+"""The comparison's row of GRPose (skeleton) sampled with RePoseDM guidance."""
+
+
+def method_spec(name: str) -> dict:
+    """`model.init_args` of configs/method/tiny/<name>.yaml (part of its stage's settings)."""
+    return model_spec(os.path.join("method", "tiny", f"{name}.yaml"))
+
+
+def schedule(cfg) -> dict:
+    return dict(lr_warmup_steps=cfg.warmup_steps, lr_decay=cfg.lr_decay)
+
+
+def diffusion(cfg, inputs: dict, unet, method, seed: int, **kwargs) -> PoseDiffusionModule:
+    vae = inputs["vae"]
+    return PoseDiffusionModule(unet, load_vae(vae["vae_dir"], subfolder=None), text_encoder(),
+                               method, noise_scheduler(), latent_scale=vae["latent_scale"],
+                               num_inference_steps=cfg.sample_steps, negative_prompt="",
+                               guidance=ClassifierFreeGuidance(cfg.guidance_scale), seed=seed,
+                               cache_frozen=True, **kwargs)
+
+
+def base_stage(cfg, inputs) -> dict:
+    def build(d):
+        train, _ = datasets(cfg, os.path.join(cfg.out, "data"), 0.1)
+        module = diffusion(cfg, inputs, tiny_unet(seed=cfg.seed), NoPose(), cfg.seed,
+                           trainable=["unet"], loss=PoseWeightedMSE(alpha=1.0), lr=cfg.base_lr,
+                           **schedule(cfg))
+        trainer(cfg, "base", cfg.base_steps).fit(module, PoseDataModule(
+            train=train, batch_size=cfg.batch_size, seed=cfg.seed))
+        module.unet.save_pretrained(d)
+        return {"unet_dir": d}
+    return run_stage(cfg, "base", dict(steps=cfg.base_steps, lr=cfg.base_lr, **schedule(cfg),
+                                       vae=inputs["vae"]["settings"]), build)
+
+
+def build_method(name: str, inputs: dict):
+    """The method `name` from its tiny config (KB-DMGen with the knowledge stage's base)."""
+    if name == "no_pose":
+        return NoPose()
+    overrides = {"knowledge_base": inputs["knowledge"]["checkpoint"]} if name == "kb_dmgen" else {}
+    return method_from_config(os.path.join(os.path.dirname(__file__), "..", "..", "configs",
+                                           "method", "tiny", f"{name}.yaml"), **overrides)
+
+
+def module_options(name: str) -> dict:
+    """The training options of a method's tiny config besides the method (loss, trainable...)."""
+    return {k: build_object(v, f"configs/method/tiny/{name}.yaml: model.init_args.{k}")
+            for k, v in method_spec(name).items() if k != "method"}
+
+
+def method_stage(cfg, inputs, name: str, seed: int) -> dict:
+    """Method `name` trained on the frozen base with the shared budget; `seed` sets its
+    initialisation, data order, noise and sampling seeds."""
+    stage = f"{name}-s{seed}"
+
+    def build(d):
+        train, _ = datasets(cfg, os.path.join(cfg.out, "data"), 0.5)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # the method's initialisation
+            method = build_method(name, inputs)
+        options = {"lr": cfg.adapter_lr, **schedule(cfg), **module_options(name)}
+        module = diffusion(cfg, inputs, load_unet(inputs["base"]["unet_dir"], subfolder=None),
+                           method, seed, **options)
+        trainer(cfg, stage, cfg.adapter_steps).fit(module, PoseDataModule(
+            train=train, batch_size=cfg.batch_size, seed=seed))
+        info = {"weights": os.path.join(d, "method.pt")}
+        torch.save(module.method.state_dict(), info["weights"])
+        if "unet" in module.trainable:  # HumanSD fine-tunes the UNet too
+            info["unet"] = os.path.join(d, "unet.pt")
+            torch.save(module.unet.state_dict(), info["unet"])
+        return info
+    settings = dict(steps=cfg.adapter_steps, lr=cfg.adapter_lr, **schedule(cfg), seed=seed,
+                    render_scale=cfg.render_scale, method=method_spec(name),
+                    base=inputs["base"]["settings"])
+    if name == "kb_dmgen":
+        settings["knowledge"] = inputs["knowledge"]["settings"]
+    return run_stage(cfg, stage, settings, build)
+
+
+def reposedm_hooks(inputs: dict) -> list:
+    """configs/guidance/tiny/reposedm.yaml's hooks, with the guide pose network and the field
+    trained by the comparison."""
+    specs = model_spec(os.path.join("guidance", "tiny", "reposedm.yaml"))["sampling_hooks"]
+    paths = dict(pose_checkpoint=inputs["pose_guide"]["checkpoint"],
+                 field_checkpoint=inputs["field"]["checkpoint"])
+    return [build_object({**s, "init_args": {**s.get("init_args", {}), **paths}}, "sampling_hooks")
+            for s in specs]
+
+
+def load_model(cfg, inputs: dict, row: str, seed: int) -> PoseDiffusionModule:
+    """The trained model of a result row (a method, "no_pose" or `REPOSEDM`), for sampling."""
+    name = "grpose_skeleton" if row == REPOSEDM else row
+    hooks = reposedm_hooks(inputs) if row == REPOSEDM else []
+    model = diffusion(cfg, inputs, load_unet(inputs["base"]["unet_dir"], subfolder=None),
+                      build_method(name, inputs), seed, sampling_hooks=hooks)
+    trained = inputs.get("method")
+    if trained is not None:
+        model.method.load_state_dict(torch.load(trained["weights"], weights_only=True))
+        if "unet" in trained:
+            model.unet.load_state_dict(torch.load(trained["unet"], weights_only=True))
+    return model.eval()
