@@ -35,7 +35,7 @@ def diffusion(cfg, inputs: dict, unet, method, seed: int, **kwargs) -> PoseDiffu
                                method, noise_scheduler(), latent_scale=vae["latent_scale"],
                                num_inference_steps=cfg.sample_steps, negative_prompt="",
                                guidance=ClassifierFreeGuidance(cfg.guidance_scale), seed=seed,
-                               cache_frozen=True, **kwargs)
+                               **{"cache_frozen": True, **kwargs})
 
 
 def base_stage(cfg, inputs) -> dict:
