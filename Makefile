@@ -54,7 +54,7 @@ train: install  ## fit a model: make train CONFIG="trainer base data method conf
 eval: install  ## score generated images: make eval IMAGES=dir EVAL_CONFIG=configs/eval/humanart.yaml ARGS=...
 	$(PY) tools/evaluate.py --config $(EVAL_CONFIG) --images $(IMAGES) $(ARGS)
 
-bench: install  ## training-step time of each adapter vs ControlNet (tiny shapes; ARGS="--shape sd15 ...")
+bench: install  ## training-step time of each method vs ControlNet (tiny shapes; ARGS="--memory" / "--shape sd15 ...")
 	$(PY) tools/bench_step.py $(ARGS)
 
 clean:  ## remove build outputs (keeps .venv)
