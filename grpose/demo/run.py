@@ -34,14 +34,14 @@ class DemoConfig:
     num_tune: int = 16  # images (apart from the held-out ones) that pick the conditioning scale
     pose_steps: int = 500
     vae_steps: int = 900
-    base_steps: int = 800
-    base_lr: float = 1e-3
-    adapter_steps: int = 900  # the budget: every method trains for these steps
-    adapter_lr: float = 5e-4
-    warmup_steps: int = 0  # learning-rate warm-up of the base and the methods
-    lr_decay: str = "constant"  # or "cosine" (to zero at the last step)
+    base_steps: int = 400
+    base_lr: float = 2e-3
+    adapter_steps: int = 450  # the budget: every method trains for these steps
+    adapter_lr: float = 1e-3
+    warmup_steps: int = 20  # learning-rate warm-up of the base and the methods
+    lr_decay: str = "cosine"  # to zero at the last step, or "constant"
     sample_steps: int = 15
-    scales: str = "1,1.5,2,3"  # conditioning scales tried on the tuning images
+    scales: str = "2,3,4,5"  # conditioning scales tried on the tuning images
     guidance_scale: float = 2.0
     render_scale: float = 0.35  # thinner pose lines: the protocol's widths are for 512 px
     field_steps: int = 1000  # RePoseDM's pose field (only when its row is asked for)
@@ -50,7 +50,7 @@ class DemoConfig:
 
 QUICK = dict(num_train=32, num_val=8, num_tune=4, scales="1,2", batch_size=4, pose_steps=4,
              vae_steps=4, base_steps=4, adapter_steps=4, sample_steps=2, field_steps=4,
-             kb_steps=4, jobs=1)
+             kb_steps=4, warmup_steps=1, jobs=1)
 """A seconds-long smoke run (tests)."""
 COMPARE = dict(out="runs/compare", seeds="0,1,2",
                methods=",".join([m for m in METHODS if m != "no_pose"] + [REPOSEDM]))
@@ -79,17 +79,15 @@ def parse(cfg: DemoConfig) -> tuple[list[str], list[int]]:
 
 
 def plan(cfg: DemoConfig, rows: list[str], seeds: list[int]) -> list[Task]:
-    """The stages, in the order they should start when several are ready."""
-    tasks = [Task("data", data_stage), Task("vae", vae_stage, {"data": "data"}),
-             Task("pose", pose_stage)]
+    """The stages in the order they start (tasks/run_tasks): the VAE alone with every core, then
+    the pose network beside the base, then the methods two at a time, then the scoring."""
+    tasks = [Task("data", data_stage), Task("vae", vae_stage, {"data": "data"}, wide=True),
+             Task("pose", pose_stage), Task("base", base_stage, {"vae": "vae"})]
+    if "kb_dmgen" in rows:
+        tasks.append(Task("knowledge", knowledge_stage, {"data": "data"}))
     if REPOSEDM in rows:
         tasks += [Task("pose_guide", pose_stage, args=("pose_guide", 100)),
                   Task("field", field_stage)]
-    if "kb_dmgen" in rows:
-        tasks.append(Task("knowledge", knowledge_stage, {"data": "data"}))
-    tasks.append(Task("base", base_stage, {"vae": "vae"}))
-    shared = {"data": "data", "pose": "pose", "vae": "vae", "base": "base"}
-    tasks.append(Task("score/real", score_stage, {"data": "data", "pose": "pose"}, (REAL,)))
     trained = [r for r in rows if r not in ("no_pose", REPOSEDM)]
     if REPOSEDM in rows and "grpose_skeleton" not in trained:  # RePoseDM guides GRPose
         trained.append("grpose_skeleton")
@@ -98,6 +96,8 @@ def plan(cfg: DemoConfig, rows: list[str], seeds: list[int]) -> list[Task]:
             extra = {"knowledge": "knowledge"} if name == "kb_dmgen" else {}
             tasks.append(Task(f"{name}-s{seed}", method_stage, {"vae": "vae", "base": "base",
                                                                 **extra}, (name, seed)))
+    tasks.append(Task("score/real", score_stage, {"data": "data", "pose": "pose"}, (REAL,)))
+    shared = {"data": "data", "pose": "pose", "vae": "vae", "base": "base"}
     for seed in seeds:
         for row in rows:
             after = dict(shared)

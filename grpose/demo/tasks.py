@@ -1,5 +1,7 @@
 """Stages as tasks with dependencies, each started in a worker process as soon as the stages it
-builds on have finished (`jobs` at a time, `threads` torch threads each)."""
+builds on have finished: `jobs` narrow tasks at a time with one share of the cores each, or one
+wide task with all of them (the demo's convolutions at 64 px use two threads well; its UNet
+steps on 16 x 16 latents do not, so two of those run side by side)."""
 from __future__ import annotations
 
 import multiprocessing
@@ -21,21 +23,24 @@ class Task:
     fn: Callable
     after: dict[str, str] = field(default_factory=dict)
     args: tuple = ()
+    wide: bool = False  # runs alone, with every job's threads
 
 
-def _worker(threads: int) -> None:
+def _call(fn: Callable, threads: int, *args) -> dict:
     torch.set_num_threads(threads)
+    return fn(*args)
 
 
 def default_jobs() -> int:
-    """Two stages at a time where there are two cores or more: the demo's tiny models use one
-    core far better than two (see docs/benchmarks.md)."""
+    """Two stages at a time where there are two cores or more (see docs/benchmarks.md)."""
     return min(2, os.cpu_count() or 1)
 
 
 def run_tasks(cfg, tasks: list[Task], jobs: int, threads: int | None = None) -> dict[str, dict]:
-    """Run `tasks` (listed in a dependency order; earlier ones start first when several are
-    ready); returns each task's info by name. `jobs=1` runs them in this process, in order."""
+    """Run `tasks` (in a dependency order); they start in the listed order, each when the tasks
+    it builds on have finished and a slot is free; returns each task's info by name.
+    `threads`: per narrow task (default: the cores over `jobs`). `jobs=1` runs them in this
+    process, in order."""
     names = {t.name for t in tasks}
     for t in tasks:
         missing = set(t.after.values()) - names
@@ -55,15 +60,15 @@ def run_tasks(cfg, tasks: list[Task], jobs: int, threads: int | None = None) -> 
         return done
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker,
-                             initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
         waiting, running = list(tasks), {}
         while waiting or running:
-            for t in [t for t in waiting if set(t.after.values()) <= set(done)]:
-                if len(running) >= jobs:
+            while waiting and set(waiting[0].after.values()) <= set(done):
+                t, width = waiting[0], jobs if waiting[0].wide else 1
+                if sum(jobs if r.wide else 1 for r in running.values()) + width > jobs:
                     break
-                running[pool.submit(t.fn, cfg, inputs(t), *t.args)] = t
-                waiting.remove(t)
+                running[pool.submit(_call, t.fn, threads * width, cfg, inputs(t), *t.args)] = t
+                waiting.pop(0)
             if not running:
                 raise ValueError(f"tasks wait on each other: {[t.name for t in waiting]}")
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
