@@ -33,6 +33,11 @@ def test_quick_demo_end_to_end_and_stage_reuse(tmp_path, capsys):
     for stage in ("data", "pose", "vae", "base", "grpose_skeleton-s0", "controlnet-s0",
                   "score/real", "score/controlnet-s0"):
         assert f"[demo] {stage}: reusing" in log
+    moved = tmp_path / "moved"  # a run folder moved (or copied) elsewhere is reused there
+    out.rename(moved)
+    main(["--quick", "--out", str(moved)])
+    assert capsys.readouterr().out.count(": reusing") == 10  # every stage
+    out = moved
     main(["--quick", "--out", str(out), "--adapter-lr", "2e-3"])  # only the methods change
     log = capsys.readouterr().out
     for stage in ("data", "pose", "vae", "base", "score/real", "score/no_pose-s0"):

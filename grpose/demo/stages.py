@@ -65,7 +65,10 @@ def trainer(cfg, name: str, steps: int) -> L.Trainer:
 
 
 def run_stage(cfg, name: str, settings: dict, build) -> dict:
-    """`build(folder) -> info` unless the folder holds a finished stage with these settings."""
+    """`build(folder) -> info` unless the folder holds a finished stage with these settings.
+
+    The paths of the info that lie in the folder are stored relative to it (listed under
+    "files"), so a run folder can be moved or copied and still be reused."""
     folder, marker = os.path.join(cfg.out, name), os.path.join(cfg.out, name, "stage.json")
     settings = json.loads(json.dumps(settings))  # as read back (tuples become lists)
     if os.path.isfile(marker):
@@ -73,14 +76,20 @@ def run_stage(cfg, name: str, settings: dict, build) -> dict:
             record = json.load(f)
         if record["settings"] == settings:
             print(f"[demo] {name}: reusing {folder}", flush=True)
-            return record
+            return {**record, **{k: os.path.normpath(os.path.join(folder, record[k]))
+                                 for k in record.get("files", [])}}
     os.makedirs(folder, exist_ok=True)
     print(f"[demo] {name} ...", flush=True)
     start = time.time()
-    record = {"settings": settings, **build(folder), "seconds": round(time.time() - start, 1)}
+    info = build(folder)
+    record = {"settings": settings, **info, "seconds": round(time.time() - start, 1)}
     print(f"[demo] {name}: {record['seconds']:.0f} s", flush=True)
+    root = os.path.abspath(folder)
+    files = [k for k, v in info.items() if isinstance(v, str)
+             and os.path.commonpath([root, os.path.abspath(v)]) == root]
     with open(marker + ".tmp", "w") as f:
-        json.dump(record, f, indent=1)
+        json.dump({**record, **{k: os.path.relpath(info[k], folder) for k in files},
+                   "files": files}, f, indent=1)
     os.replace(marker + ".tmp", marker)
     return record
 
