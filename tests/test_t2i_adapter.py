@@ -152,27 +152,10 @@ def test_diffusers_folder_both_ways_and_zero_convs_refused(tmp_path, tiny_parts)
 
 
 def test_export_tool_writes_the_diffusers_adapter(tmp_path):
-    import glob
-
     from diffusers import T2IAdapter as DiffusersT2IAdapter
-
-    from grpose.cli import main as cli
-    from grpose.diffusion.components import tiny_unet
-    from grpose.methods import load_method
-    from tools.export_weights import main
-    root = str(tmp_path)
-    configs = ("trainer/cpu", "base/tiny", "data/synthetic_tiny", "method/tiny/t2i_adapter")
-    cli(["fit", *[a for c in configs for a in ("--config", f"configs/{c}.yaml")],
-         "--model.init_args.method.init_args.zero_convs=false",
-         f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
-         "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--data.init_args.batch_size=2",
-         "--data.init_args.train.init_args.num_samples=2"])
-    ckpt = glob.glob(f"{root}/**/last.ckpt", recursive=True)[0]
-    main([ckpt, "--out", f"{root}/export", "--diffusers", f"{root}/t2i"])
-    state = {k.removeprefix("method."): v for k, v in
-             torch.load(ckpt, weights_only=True)["state_dict"].items()}
-    loaded = load_method(f"{root}/export", tiny_unet())
-    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in state.items())
-    net = DiffusersT2IAdapter.from_pretrained(f"{root}/t2i")
+    from test_weights_io import fit_and_export
+    state, _ = fit_and_export(str(tmp_path), "t2i_adapter", f"{tmp_path}/t2i",
+                              "--model.init_args.method.init_args.zero_convs=false")
+    net = DiffusersT2IAdapter.from_pretrained(f"{tmp_path}/t2i")
     assert all(torch.equal(v, net.state_dict()[k.removeprefix("adapter.")])
                for k, v in state.items())

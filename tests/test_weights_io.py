@@ -393,24 +393,32 @@ def test_import_tool_writes_loadable_methods(tmp_path, perturb_zero_parameters):
         main(["controlnet", str(tmp_path / "cn"), "--sd", str(tmp_path), "--out", str(tmp_path)])
 
 
-def test_export_tool_from_a_training_checkpoint(tmp_path):
+def fit_and_export(root: str, method: str, diffusers: str, *overrides: str):
+    """One tiny training step of `configs/method/tiny/<method>.yaml` through the CLI, exported by
+    tools/export_weights.py (also as a diffusers folder `diffusers`); returns the checkpoint's
+    method state and the export loaded back."""
     import glob
 
     from grpose.cli import main as cli
+    from grpose.diffusion.components import tiny_unet
     from tools.export_weights import main
-    root = str(tmp_path)
-    cli(["fit", *[a for c in ("trainer/cpu", "base/tiny", "data/synthetic_tiny",
-                              "method/tiny/controlnet") for a in ("--config", f"configs/{c}.yaml")],
+    configs = ("trainer/cpu", "base/tiny", "data/synthetic_tiny", f"method/tiny/{method}")
+    cli(["fit", *[a for c in configs for a in ("--config", f"configs/{c}.yaml")], *overrides,
          f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
          "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--data.init_args.batch_size=2",
          "--data.init_args.train.init_args.num_samples=2"])
     ckpt = glob.glob(f"{root}/**/last.ckpt", recursive=True)[0]
-    main([ckpt, "--out", f"{root}/export", "--diffusers", f"{root}/cn"])
+    main([ckpt, "--out", f"{root}/export", "--diffusers", diffusers])
     state = {k.removeprefix("method."): v for k, v in
              torch.load(ckpt, weights_only=True)["state_dict"].items()}
     loaded = load_method(f"{root}/export", tiny_unet())
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in state.items())
-    net = ControlNetModel.from_pretrained(f"{root}/cn")
+    return state, loaded
+
+
+def test_export_tool_from_a_training_checkpoint(tmp_path):
+    state, _ = fit_and_export(str(tmp_path), "controlnet", f"{tmp_path}/cn")
+    net = ControlNetModel.from_pretrained(f"{tmp_path}/cn")
     assert all(torch.equal(v, net.state_dict()[k.removeprefix("controlnet.")])
                for k, v in state.items())
 

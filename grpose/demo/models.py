@@ -8,8 +8,8 @@ import os
 import torch
 
 from grpose.data import PoseDataModule
-from grpose.demo.stages import (build_object, datasets, model_spec, run_stage, text_encoder,
-                                trainer)
+from grpose.demo.stages import (CONFIGS, build_object, datasets, model_spec, run_stage,
+                                text_encoder, trainer)
 from grpose.diffusion import PoseDiffusionModule
 from grpose.diffusion.components import load_unet, load_vae, noise_scheduler, tiny_unet
 from grpose.diffusion.guidance import ClassifierFreeGuidance
@@ -57,8 +57,8 @@ def build_method(name: str, inputs: dict):
     if name == "no_pose":
         return NoPose()
     overrides = {"knowledge_base": inputs["knowledge"]["checkpoint"]} if name == "kb_dmgen" else {}
-    return method_from_config(os.path.join(os.path.dirname(__file__), "..", "..", "configs",
-                                           "method", "tiny", f"{name}.yaml"), **overrides)
+    return method_from_config(os.path.join(CONFIGS, "method", "tiny", f"{name}.yaml"),
+                              **overrides)
 
 
 def module_options(name: str) -> dict:

@@ -24,8 +24,8 @@ class EncodingCache:
     @torch.no_grad()
     def posterior(self, vae: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior's (mean, std), each `(B, C, h, w)`, of `images (B, 3, H, W)`."""
-        keys = [hashlib.blake2b(image.cpu().numpy().tobytes(), digest_size=16).digest()
-                for image in images]
+        raw = [image.detach().cpu().contiguous().view(torch.uint8).numpy() for image in images]
+        keys = [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in raw]
         missing = [i for i, k in enumerate(keys) if k not in self.posteriors]
         if missing:
             dist = vae.encode(images[missing]).latent_dist

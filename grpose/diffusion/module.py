@@ -69,7 +69,7 @@ class PoseDiffusionModule(L.LightningModule):
             "cosine" decay to zero at the run's last optimizer step.
         cache_frozen: memoise the frozen VAE's posterior (mean, std) per image (keyed by its
             content) and the frozen text encoder's states per caption. Exact (the parts are
-            frozen) and 10-20 % faster steps on the tiny CPU models; it holds every training
+            frozen); on the demo's tiny CPU models a step takes 0.91x the time; it holds every training
             image's posterior in memory, so it is for sets that fit (the demo's), off by default.
 
     Each training item's timestep, noise and VAE posterior sample come from its own generator,
