@@ -122,6 +122,13 @@ class GRPoseCLI(LightningCLI):
         if "weights_only" in config and config.get("weights_only") is None:
             config["weights_only"] = True
 
+    def _parse_ckpt_path(self) -> None:
+        """The model is built from the configs and the command line; `--ckpt_path` gives its
+        weights (and the trainer's state). Lightning would re-apply the hyper-parameters stored in
+        the checkpoint over them here, so a sampling setting given to `predict`
+        (`num_inference_steps`, `guidance`) or a moved SD folder would silently be the training
+        run's (Lightning-AI/pytorch-lightning#21455)."""
+
     def before_instantiate_classes(self) -> None:
         check_config(self._subconfig().as_dict())
 

@@ -57,13 +57,19 @@ def make_person():
     return person
 
 
-@pytest.fixture
-def humanart_coco(tmp_path):
-    """Human-Art root in the official COCO annotation layout (validation split)."""
-    images, annotations = [], []
-    for k, (scen, domain, iid, h, w, people) in enumerate(HUMANART_ITEMS):
+def write_humanart(root, layout: str, items=HUMANART_ITEMS, split: str = "validation"):
+    """A Human-Art root with `items` (`HUMANART_ITEMS`' format) in the official COCO annotation
+    layout (`layout="coco"`) or the HumanSD mapping + npz one (`"mapping"`); returns `root`."""
+    images, annotations, mapping = [], [], {}
+    for k, (scen, domain, iid, h, w, people) in enumerate(items):
         file_name = f"images/{domain}/{scen}/{iid:012d}.jpg"
-        write_image(str(tmp_path / file_name), h, w, k)
+        write_image(str(root / file_name), h, w, k)
+        if layout == "mapping":
+            pose = f"pose/{domain}/{scen}/{iid:012d}.npz"
+            save_pose_npz(str(root / pose), np.stack(people))
+            mapping[str(iid)] = {"img_path": file_name, "prompt": f"{scen}, a {scen} picture",
+                                 "pose_path": pose}
+            continue
         images.append({"file_name": file_name, "height": h, "width": w, "id": iid,
                        "description": f"a {scen} picture", "category": scen})
         for p in people:
@@ -72,26 +78,27 @@ def humanart_coco(tmp_path):
             annotations.append({"keypoints": kp.reshape(-1).tolist(), "image_id": iid,
                                 "id": len(annotations) + 1, "category_id": 1, "iscrowd": 0,
                                 "num_keypoints": 17})
-    os.makedirs(tmp_path / "annotations")
-    with open(tmp_path / "annotations" / "validation_humanart.json", "w") as f:
-        json.dump({"images": images, "annotations": annotations, "categories": []}, f)
-    return tmp_path
+    if layout == "mapping":
+        path, content = root / f"mapping_file_{split}.json", mapping
+    else:
+        path = root / "annotations" / f"{split}_humanart.json"
+        content = {"images": images, "annotations": annotations, "categories": []}
+    os.makedirs(path.parent, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(content, f)
+    return root
+
+
+@pytest.fixture
+def humanart_coco(tmp_path):
+    """Human-Art root in the official COCO annotation layout (validation split)."""
+    return write_humanart(tmp_path, "coco")
 
 
 @pytest.fixture
 def humanart_mapping(tmp_path):
     """Human-Art root in the HumanSD mapping + npz layout (validation split)."""
-    mapping = {}
-    for k, (scen, domain, iid, h, w, people) in enumerate(HUMANART_ITEMS):
-        img = f"images/{domain}/{scen}/{iid:012d}.jpg"
-        pose = f"pose/{domain}/{scen}/{iid:012d}.npz"
-        write_image(str(tmp_path / img), h, w, k)
-        save_pose_npz(str(tmp_path / pose), np.stack(people))
-        mapping[str(iid)] = {"img_path": img, "prompt": f"{scen}, a {scen} picture",
-                             "pose_path": pose}
-    with open(tmp_path / "mapping_file_validation.json", "w") as f:
-        json.dump(mapping, f)
-    return tmp_path
+    return write_humanart(tmp_path, "mapping")
 
 
 class _Touch:

@@ -43,10 +43,12 @@ def test_fit_reload_resume_predict(tmp_path):
     resumed = main(cli_args(tmp_path, "--trainer.max_steps=4", f"--ckpt_path={ckpt}"))
     assert resumed.trainer.global_step == 4
     out = tmp_path / "pred"
-    main(["predict", *CONFIGS, f"--ckpt_path={ckpt}", f"--predict_writer.out_dir={out}",
-          f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
-          "--data.init_args.eval_batch_size=2", "--data.init_args.val.init_args.num_samples=2",
-          "--model.init_args.num_inference_steps=2"])
+    predicted = main(["predict", *CONFIGS, f"--ckpt_path={ckpt}", f"--predict_writer.out_dir={out}",
+                      f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+                      "--data.init_args.eval_batch_size=2",
+                      "--data.init_args.val.init_args.num_samples=2",
+                      "--model.init_args.num_inference_steps=1"])
+    assert predicted.model.hparams.num_inference_steps == 1  # not the checkpoint's 2
     names = sorted(os.listdir(out))
     assert names == ["grid_0_00000.png", "validation_000000.png", "validation_000001.png"]
 

@@ -68,6 +68,21 @@ def test_missing_images_raise_or_skip_and_cli_writes_files(tmp_path):
     assert "| scenario | AP | CAP | PCE |" in table_md and "**mean**" in table_md
 
 
+def test_command_line_as_make_eval_gives_it(tmp_path):
+    """`tools/evaluate.py --config C --images DIR`, a field of the config's dataset overridden."""
+    from tools.evaluate import cli
+    ds = SyntheticPoseDataset(4, seed=3, split="val", resolution=48)
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    write_real_as_generated(ds, gen)
+    config = tmp_path / "eval.yaml"
+    config.write_text("data:\n  class_path: grpose.data.SyntheticPoseDataset\n  init_args: "
+                      "{num_samples: 2, seed: 3, split: val, resolution: 48}\n")
+    res = cli(["--config", str(config), "--images", str(gen), "--data.init_args.num_samples=4",
+               f"--out={tmp_path / 'out'}"])
+    assert res["num_images"] == 4 and (tmp_path / "out" / "results.json").is_file()
+
+
 def test_detections_that_miss_lower_ap(tmp_path):
     ds = SyntheticPoseDataset(8, seed=4, split="val", resolution=48)
     table = write_real_as_generated(ds, tmp_path)

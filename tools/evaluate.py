@@ -46,5 +46,11 @@ def main(images: str, data: Dataset, detector: PoseDetector | None = None,
     return results
 
 
+def cli(args: list[str] | None = None) -> dict:
+    """The command line (`make eval`): every parameter an option (`--images DIR`), so a config
+    gives `data` and the command line overrides its fields (`--data.init_args.root=...`)."""
+    return CLI(main, parser_mode="omegaconf", as_positional=False, args=args)
+
+
 if __name__ == "__main__":
-    CLI(main, parser_mode="omegaconf")
+    cli()
