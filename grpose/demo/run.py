@@ -37,7 +37,7 @@ class DemoConfig:
     base_steps: int = 400
     base_lr: float = 2e-3
     adapter_steps: int = 450  # the budget: every method trains for these steps
-    adapter_lr: float = 1e-3
+    adapter_lr: float = 2e-3
     warmup_steps: int = 20  # learning-rate warm-up of the base and the methods
     lr_decay: str = "cosine"  # to zero at the last step, or "constant"
     sample_steps: int = 15
