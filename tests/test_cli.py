@@ -35,7 +35,7 @@ def test_fit_reload_resume_predict(tmp_path):
     assert cli.trainer.global_step == 2
     ckpt = os.path.join(cli.trainer.log_dir, "checkpoints", "last.ckpt")
     assert os.path.isfile(ckpt)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert all(k.startswith("method.") for k in state)  # frozen parts come from the config
     reloaded = PoseDiffusionModule.load_from_checkpoint(ckpt)
     for k, v in cli.model.method.state_dict().items():

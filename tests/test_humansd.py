@@ -91,7 +91,7 @@ def test_cli_fit_and_load_from_checkpoint_keep_the_trained_unet(tmp_path):
                 f"--trainer.logger.init_args.save_dir={tmp_path}",
                 "--data.init_args.batch_size=2", "--data.init_args.train.init_args.num_samples=4"])
     ckpt = os.path.join(cli.trainer.log_dir, "checkpoints", "last.ckpt")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert {k.split(".")[0] for k in state} == {"method", "unet"}  # VAE, text: from the config
     assert state["unet.conv_in.weight"].shape[1] == 8
     reloaded = PoseDiffusionModule.load_from_checkpoint(ckpt)
