@@ -10,10 +10,10 @@ ARGS ?=
 EVAL_CONFIG ?= configs/eval/humanart.yaml
 IMAGES ?= runs/predict
 
-.PHONY: help install lock demo compare test test-all test-gpu train eval bench clean
+.PHONY: help install lock demo compare test test-all test-gpu train eval bench bench-sample clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## set up .venv with grpose and its dependencies (idempotent)
 
@@ -56,6 +56,9 @@ eval: install  ## score generated images: make eval IMAGES=dir EVAL_CONFIG=confi
 
 bench: install  ## training-step time of each method vs ControlNet (tiny shapes; ARGS="--memory" / "--shape sd15 ...")
 	$(PY) tools/bench_step.py $(ARGS)
+
+bench-sample: install  ## sampling time per image of each method vs ControlNet, RePoseDM's cost, T2I features once (ARGS="--shape sd15 ...")
+	$(PY) tools/bench_sample.py $(ARGS)
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build *.egg-info .pytest_cache

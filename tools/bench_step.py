@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's grpose, also in the child processes
 
 from grpose.data import PoseCondition, SyntheticPoseDataset, collate_pose_samples  # noqa: E402
-from grpose.diffusion.components import tiny_unet  # noqa: E402
+from grpose.diffusion.components import seeded, tiny_unet  # noqa: E402
 from grpose.diffusion.denoiser import predict_eps  # noqa: E402
 from grpose.diffusion.losses import pose_weighted_mse  # noqa: E402
 from grpose.methods import METHODS, method_from_config  # noqa: E402
@@ -55,8 +55,8 @@ def build_unet(shape: str):
     if shape == "tiny":
         return tiny_unet()
     from diffusers import UNet2DConditionModel
-    torch.manual_seed(0)
-    return UNet2DConditionModel(**SD15_UNET)
+    with seeded(0):  # the global RNG is left as it was
+        return UNet2DConditionModel(**SD15_UNET)
 
 
 def methods(shape_name: str, names=None) -> dict:
