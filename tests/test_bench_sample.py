@@ -26,8 +26,8 @@ def test_two_steps_three_methods_json_and_table(capsys):
     assert g["method"] == "grpose_skeleton" and g["guided_steps"] == 2  # stop 0.6 of 2 steps
     assert g["s_per_image_without"] == out["methods"]["grpose_skeleton"]["s_per_image"]
     assert g["s_per_image_with"] == out["methods"][GUIDED]["s_per_image"]
-    # a backward pass through the UNet, the VAE decoder and the pose network per guided step
-    assert g["s_per_image_with"] > g["s_per_image_without"] > 0
+    assert g["s_per_image_with"] > 0 and g["s_per_image_without"] > 0  # (no timing order:
+    # one loaded run can invert it; test_runs_do_what_they_are_named_after counts the work)
     assert g["s_per_image_per_step"] == pytest.approx(
         (g["s_per_image_with"] - g["s_per_image_without"]) / 2)
     assert g["s_per_image_per_guided_step"] == pytest.approx(g["s_per_image_per_step"])

@@ -78,10 +78,15 @@ class SamplingStep:
 
 class StepHook:
     """A per-step sampling hook: `__call__(step) -> eps` (return `step.eps` to change nothing).
-    `requires_grad = True` makes the sampler build the graph from `x_t` for it (under Lightning's
-    validate / predict, set `trainer.inference_mode: false` for such hooks)."""
+    `requires_grad = True` makes the sampler build the graph from `x_t` for it on the steps
+    `acts_on` accepts (under Lightning's validate / predict, set `trainer.inference_mode: false`
+    for such hooks)."""
 
     requires_grad = False
+
+    def acts_on(self, index: int, num_steps: int) -> bool:
+        """Whether the hook may change eps at step `index` of `num_steps` (0 = noisiest)."""
+        return True
 
     def __call__(self, step: SamplingStep) -> torch.Tensor:
         raise NotImplementedError

@@ -44,9 +44,9 @@ def sample_latents(eps_fn: EpsFn, scheduler: DDIMScheduler, text_states: torch.T
     if prepare is not None:
         conds = prepare(conds)
     alphas = scheduler.alphas_cumprod.to(latents.device)
-    with_grad = any(h.requires_grad for h in hooks)
     for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="DDIM",
                                leave=False)):
+        with_grad = any(h.requires_grad and h.acts_on(i, num_steps) for h in hooks)
         with torch.set_grad_enabled(with_grad):
             x_t = latents.detach().requires_grad_(with_grad)
             x = torch.cat([x_t] * len(branches))  # (n * B, 4, h, w)
