@@ -11,6 +11,7 @@ from grpose.demo.report import pair_notes, summarise
 from grpose.demo.tasks import Task, run_tasks
 
 
+@pytest.mark.timeout(1800)  # four demo runs end to end: minutes on a loaded machine
 def test_quick_demo_end_to_end_and_stage_reuse(tmp_path, capsys):
     out = tmp_path / "demo"
     results = main(["--quick", "--out", str(out)])
