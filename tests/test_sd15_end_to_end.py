@@ -26,20 +26,9 @@ import torch
 
 from conftest import HUMANART_ITEMS, write_humanart
 from grpose.cli import main
+from grpose.diffusion.components import SD15_UNET, SD15_VAE
 
 RES = 64
-SD15_UNET = dict(  # stable-diffusion-v1-5/unet/config.json
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
-    attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
-    flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, mid_block_scale_factor=1)
-SD15_VAE = dict(  # stable-diffusion-v1-5/vae/config.json
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, act_fn="silu",
-    sample_size=512)
 SD15_TEXT = dict(  # stable-diffusion-v1-5/text_encoder/config.json
     vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
     num_hidden_layers=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)

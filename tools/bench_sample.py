@@ -45,8 +45,8 @@ from diffusers import AutoencoderKL  # noqa: E402
 
 from grpose.data import PoseCondition, SyntheticPoseDataset, collate_pose_samples  # noqa: E402
 from grpose.demo.stages import VAE, build_object, model_spec  # noqa: E402
-from grpose.diffusion.components import (SD15_LATENT_SCALE, ddim_scheduler, seeded,  # noqa: E402
-                                         tiny_vae)
+from grpose.diffusion.components import (SD15_LATENT_SCALE, SD15_VAE,  # noqa: E402
+                                         ddim_scheduler, seeded, tiny_vae)
 from grpose.diffusion.denoiser import predict_eps  # noqa: E402
 from grpose.diffusion.guidance import ClassifierFreeGuidance  # noqa: E402
 from grpose.diffusion.sampling import initial_latents, sample_latents  # noqa: E402
@@ -54,9 +54,6 @@ from grpose.methods import METHODS  # noqa: E402
 from tools.bench_step import SHAPES, build_unet, methods, time_interleaved  # noqa: E402
 
 GUIDED, PER_STEP = "grpose_skeleton+reposedm", "t2i_adapter/per_step"
-SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
 CFG_SCALE = 7.5  # PoseDiffusionModule's default guidance
 
 

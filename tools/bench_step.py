@@ -36,13 +36,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's grpose, also in the child processes
 
 from grpose.data import PoseCondition, SyntheticPoseDataset, collate_pose_samples  # noqa: E402
-from grpose.diffusion.components import seeded, tiny_unet  # noqa: E402
+from grpose.diffusion.components import SD15_UNET, seeded, tiny_unet  # noqa: E402
 from grpose.diffusion.denoiser import predict_eps  # noqa: E402
 from grpose.diffusion.losses import pose_weighted_mse  # noqa: E402
 from grpose.methods import METHODS, method_from_config  # noqa: E402
 
-SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                 block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
 SHAPES = {  # image side, latent factor, text width
     "tiny": dict(res=64, factor=4, text=32),
     "sd15": dict(res=512, factor=8, text=768),

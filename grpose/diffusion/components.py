@@ -18,6 +18,18 @@ from torch import nn
 from grpose.data.io import read_state_dict
 
 SD15_LATENT_SCALE = 0.18215
+SD15_UNET = dict(  # stable-diffusion-v1-5/unet/config.json (UNet2DConditionModel)
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
+    attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
+    flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, mid_block_scale_factor=1)
+SD15_VAE = dict(  # stable-diffusion-v1-5/vae/config.json (AutoencoderKL)
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, act_fn="silu",
+    sample_size=512)
 SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                       beta_schedule="scaled_linear", clip_sample=False, prediction_type="epsilon")
 

@@ -78,9 +78,9 @@ class SamplingStep:
 
 class StepHook:
     """A per-step sampling hook: `__call__(step) -> eps` (return `step.eps` to change nothing).
-    `requires_grad = True` makes the sampler build the graph from `x_t` for it on the steps
-    `acts_on` accepts (under Lightning's validate / predict, set `trainer.inference_mode: false`
-    for such hooks)."""
+    The sampler calls it on the steps `acts_on` accepts; `requires_grad = True` makes it build
+    the graph from `x_t` on those steps (under Lightning's validate / predict, set
+    `trainer.inference_mode: false` for such hooks)."""
 
     requires_grad = False
 

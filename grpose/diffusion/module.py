@@ -69,8 +69,9 @@ class PoseDiffusionModule(L.LightningModule):
             "cosine" decay to zero at the run's last optimizer step.
         cache_frozen: memoise the frozen VAE's posterior (mean, std) per image (keyed by its
             content) and the frozen text encoder's states per caption. Exact (the parts are
-            frozen); on the demo's tiny CPU models a step takes 0.91x the time; it holds every training
-            image's posterior in memory, so it is for sets that fit (the demo's), off by default.
+            frozen); on the demo's tiny CPU models a step takes 0.91x the time; it holds every
+            training image's posterior in memory, so it is for sets that fit (the demo's), off by
+            default.
 
     Each training item's timestep, noise and VAE posterior sample come from its own generator,
     seeded by (`seed`, global step, the item's dataset index): the same in any batch or number

@@ -116,8 +116,6 @@ class RePoseDMGuidance(StepHook):
         return per_person.sum(-1) * cond.active.to(images.device)
 
     def __call__(self, step: SamplingStep) -> torch.Tensor:
-        if not self.acts_on(step.index, step.num_steps):
-            return step.eps
         if torch.is_inference_mode_enabled():
             raise RuntimeError("RePoseDMGuidance needs autograd, which torch.inference_mode "
                                "disables: set `trainer.inference_mode: false` (the config "

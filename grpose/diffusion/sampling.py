@@ -54,7 +54,7 @@ def sample_latents(eps_fn: EpsFn, scheduler: DDIMScheduler, text_states: torch.T
             eps = guidance.combine(list(eps_fn(x, tt, states, conds).chunk(len(branches))))
             if hooks:
                 a = alphas[t].to(eps.dtype)
-                for hook in hooks:
+                for hook in (h for h in hooks if h.acts_on(i, num_steps)):
                     x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
                     eps = hook(SamplingStep(x_t, t, eps, x0, a, i, num_steps, cond, decode))
         latents = scheduler.step(eps.detach(), t, latents, eta=eta).prev_sample
