@@ -39,12 +39,16 @@ def test_quick_demo_end_to_end_and_stage_reuse(tmp_path, capsys):
     main(["--quick", "--out", str(moved)])
     assert capsys.readouterr().out.count(": reusing") == 10  # every stage
     out = moved
-    main(["--quick", "--out", str(out), "--adapter-lr", "3e-3"])  # only the methods change
+    for change in (["--adapter-lr", "3e-3"], ["--timestep-sampling", "cubic"]):
+        main(["--quick", "--out", str(out), *change])  # only the methods change
+        log = capsys.readouterr().out
+        for stage in ("data", "pose", "vae", "base", "score/real", "score/no_pose-s0"):
+            assert f"[demo] {stage}: reusing" in log
+        for stage in ("grpose_skeleton-s0", "controlnet-s0", "score/controlnet-s0"):
+            assert f"[demo] {stage}: reusing" not in log and f"[demo] {stage} ..." in log
+    main(["--quick", "--out", str(out), "--vae-lr", "2e-3"])  # the VAE and all after it change
     log = capsys.readouterr().out
-    for stage in ("data", "pose", "vae", "base", "score/real", "score/no_pose-s0"):
-        assert f"[demo] {stage}: reusing" in log
-    for stage in ("grpose_skeleton-s0", "controlnet-s0", "score/controlnet-s0"):
-        assert f"[demo] {stage}: reusing" not in log and f"[demo] {stage} ..." in log
+    assert "[demo] pose: reusing" in log and "[demo] vae ..." in log and "[demo] base ..." in log
 
 
 def test_quick_compare_in_worker_processes(tmp_path):
@@ -100,7 +104,8 @@ def test_tasks_run_after_their_inputs_and_failures_name_the_stage(jobs):
 def test_demo_rejects_bad_settings_before_training(tmp_path):
     for argv, message in ((["--scales", "1,x"], "--scales"), (["--max-people", "4"], "--max-people"),
                           (["--methods", "controlnet,nope"], "--methods"),
-                          (["--seeds", "0,a"], "--seeds"), (["--lr-decay", "step"], "--lr-decay")):
+                          (["--seeds", "0,a"], "--seeds"), (["--lr-decay", "step"], "--lr-decay"),
+                          (["--timestep-sampling", "cosine"], "--timestep-sampling")):
         with pytest.raises(ValueError, match=message):
             main(argv + ["--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()

@@ -1,9 +1,12 @@
-"""Training options of `PoseDiffusionModule`: the frozen-encoder cache and the LR schedule."""
+"""Training options of `PoseDiffusionModule`: the frozen-encoder cache and the LR schedule (which
+the demo's autoencoder shares)."""
 import lightning as L
 import pytest
 import torch
 
 from grpose.data import PoseDataModule, SyntheticPoseDataset
+from grpose.diffusion.autoencoder import AutoencoderModule
+from grpose.diffusion.components import tiny_vae
 from test_diffusion import make_module
 
 
@@ -32,8 +35,8 @@ def test_cache_is_off_for_parts_that_train(tiny_parts):
     assert make_module(tiny_parts).cache.posteriors is None  # off by default
 
 
-def learning_rates(tiny_parts, steps: int, **kwargs) -> list[float]:
-    m = make_module(tiny_parts, lr=1e-3, **kwargs)
+def learning_rates(tiny_parts, steps: int, module=None, **kwargs) -> list[float]:
+    m = module or make_module(tiny_parts, lr=1e-3, **kwargs)
     seen = []
 
     class Record(L.Callback):
@@ -53,8 +56,13 @@ def test_warmup_then_cosine_decay(tiny_parts):
                                for k in range(4)]
     assert lrs == pytest.approx(expected, rel=1e-6)
     assert learning_rates(tiny_parts, 3) == pytest.approx([1e-3] * 3)
+    vae = AutoencoderModule(tiny_vae((8, 16), seed=0), lr=1e-3, lr_warmup_steps=2,
+                            lr_decay="cosine")
+    assert learning_rates(tiny_parts, 6, module=vae) == pytest.approx(expected, rel=1e-6)
 
 
 def test_unknown_lr_decay_is_refused(tiny_parts):
     with pytest.raises(ValueError, match="lr_decay"):
         make_module(tiny_parts, lr_decay="linear")
+    with pytest.raises(ValueError, match="lr_warmup_steps"):
+        AutoencoderModule(tiny_vae((8, 16), seed=0), lr_warmup_steps=-1)

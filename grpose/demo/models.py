@@ -29,6 +29,11 @@ def schedule(cfg) -> dict:
     return dict(lr_warmup_steps=cfg.warmup_steps, lr_decay=cfg.lr_decay)
 
 
+def timesteps(cfg) -> dict:
+    """The shared timestep sampling when one is set (else each method's config decides)."""
+    return {"timestep_sampling": cfg.timestep_sampling} if cfg.timestep_sampling else {}
+
+
 def diffusion(cfg, inputs: dict, unet, method, seed: int, **kwargs) -> PoseDiffusionModule:
     vae = inputs["vae"]
     return PoseDiffusionModule(unet, load_vae(vae["vae_dir"], subfolder=None), text_encoder(),
@@ -77,7 +82,8 @@ def method_stage(cfg, inputs, name: str, seed: int) -> dict:
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # the method's initialisation
             method = build_method(name, inputs)
-        options = {"lr": cfg.adapter_lr, **schedule(cfg), **module_options(name)}
+        options = {"lr": cfg.adapter_lr, **schedule(cfg), **module_options(name),
+                   **timesteps(cfg)}
         module = diffusion(cfg, inputs, load_unet(inputs["base"]["unet_dir"], subfolder=None),
                            method, seed, **options)
         trainer(cfg, stage, cfg.adapter_steps).fit(module, PoseDataModule(
@@ -88,7 +94,8 @@ def method_stage(cfg, inputs, name: str, seed: int) -> dict:
             info["unet"] = os.path.join(d, "unet.pt")
             torch.save(module.unet.state_dict(), info["unet"])
         return info
-    settings = dict(steps=cfg.adapter_steps, lr=cfg.adapter_lr, **schedule(cfg), seed=seed,
+    settings = dict(steps=cfg.adapter_steps, lr=cfg.adapter_lr, **schedule(cfg),
+                    **timesteps(cfg), seed=seed,
                     render_scale=cfg.render_scale, method=method_spec(name),
                     base=inputs["base"]["settings"])
     if name == "kb_dmgen":

@@ -12,6 +12,8 @@ from grpose.demo.scoring import REAL, score_stage
 from grpose.demo.stages import (data_stage, field_stage, knowledge_stage, pose_stage, scene,
                                 vae_stage)
 from grpose.demo.tasks import Task, default_jobs, run_tasks
+from grpose.diffusion.module import TIMESTEP_SAMPLING
+from grpose.diffusion.optim import LR_DECAY
 from grpose.methods import METHODS
 
 
@@ -34,11 +36,14 @@ class DemoConfig:
     num_tune: int = 16  # images (apart from the held-out ones) that pick the conditioning scale
     pose_steps: int = 500
     vae_steps: int = 900
+    vae_lr: float = 1e-3
     base_steps: int = 400
     base_lr: float = 2e-3
     adapter_steps: int = 450  # the budget: every method trains for these steps
     adapter_lr: float = 2e-3
-    warmup_steps: int = 20  # learning-rate warm-up of the base and the methods
+    timestep_sampling: str = ""  # the methods' training timesteps: "uniform" or "cubic" for
+    # every method, or "" for each method's own config (T2I-Adapter's is cubic)
+    warmup_steps: int = 20  # learning-rate warm-up of the VAE, the base and the methods
     lr_decay: str = "cosine"  # to zero at the last step, or "constant"
     sample_steps: int = 15
     scales: str = "2,3,4,5"  # conditioning scales tried on the tuning images
@@ -73,8 +78,11 @@ def parse(cfg: DemoConfig) -> tuple[list[str], list[int]]:
     if unknown:
         raise ValueError(f"--methods: unknown {unknown}; registered: "
                          f"{sorted([*METHODS, REPOSEDM])}")
-    if cfg.lr_decay not in ("constant", "cosine"):
-        raise ValueError(f"--lr-decay: 'constant' or 'cosine', got {cfg.lr_decay!r}")
+    if cfg.lr_decay not in LR_DECAY:
+        raise ValueError(f"--lr-decay: one of {LR_DECAY}, got {cfg.lr_decay!r}")
+    if cfg.timestep_sampling not in ("", *TIMESTEP_SAMPLING):
+        raise ValueError(f"--timestep-sampling: one of {TIMESTEP_SAMPLING} (or empty: each "
+                         f"method's own), got {cfg.timestep_sampling!r}")
     return ["no_pose"] + [m for m in rows if m != "no_pose"], seeds
 
 

@@ -157,13 +157,15 @@ def vae_stage(cfg, inputs) -> dict:
         train, _ = datasets(cfg, data_dir, 0.0)
         module = AutoencoderModule(tiny_vae(VAE["channels"], cfg.seed,
                                             mid_attention=VAE["mid_attention"]),
-                                   init_logvar=VAE["init_logvar"])
+                                   init_logvar=VAE["init_logvar"], lr=cfg.vae_lr,
+                                   lr_warmup_steps=cfg.warmup_steps, lr_decay=cfg.lr_decay)
         trainer(cfg, "vae", cfg.vae_steps).fit(module, PoseDataModule(
             train=train, batch_size=cfg.batch_size, seed=cfg.seed))
         module.vae.save_pretrained(d)
         images = torch.stack([train[i].image for i in range(min(64, len(train)))])
         return {"vae_dir": d, "latent_scale": module.latent_scale(images)}
-    return run_stage(cfg, "vae", dict(steps=cfg.vae_steps, arch=VAE,
+    return run_stage(cfg, "vae", dict(steps=cfg.vae_steps, arch=VAE, lr=cfg.vae_lr,
+                                      warmup=cfg.warmup_steps, decay=cfg.lr_decay,
                                       data=inputs["data"]["settings"]), build)
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from grpose.data.batch import PoseBatch
+from grpose.diffusion.optim import adamw_with_schedule, check_schedule
 
 
 class AutoencoderModule(L.LightningModule):
@@ -22,13 +23,18 @@ class AutoencoderModule(L.LightningModule):
             small `kl_weight` the decoder then spends its first thousands of steps learning to
             ignore that noise; e.g. -6 (std 0.05) lets a short training reach sharp images.
             None keeps diffusers' init.
+        lr_warmup_steps, lr_decay: the learning-rate schedule (`grpose.diffusion.optim`):
+            linear warm-up, then "constant" or "cosine" (to zero at the last step).
     """
 
     def __init__(self, vae: AutoencoderKL, lr: float = 1e-3, kl_weight: float = 1e-6,
-                 init_logvar: float | None = None):
+                 init_logvar: float | None = None, lr_warmup_steps: int = 0,
+                 lr_decay: str = "constant"):
         super().__init__()
+        check_schedule(lr_warmup_steps, lr_decay)
         self.vae = vae.requires_grad_(True)
         self.lr, self.kl_weight = lr, kl_weight
+        self.lr_warmup_steps, self.lr_decay = lr_warmup_steps, lr_decay
         if init_logvar is not None:
             conv = vae.quant_conv
             if conv is None:
@@ -55,7 +61,8 @@ class AutoencoderModule(L.LightningModule):
         self.log("val/rec", rec, prog_bar=True, sync_dist=True, batch_size=len(batch))
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.vae.parameters(), lr=self.lr)
+        return adamw_with_schedule(self.vae.parameters(), self.lr, 1e-2, self.lr_warmup_steps,
+                                   self.lr_decay, int(self.trainer.estimated_stepping_batches))
 
     @torch.no_grad()
     def latent_scale(self, images: torch.Tensor) -> float:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import os
 import re
 import warnings
@@ -23,6 +22,7 @@ from grpose.diffusion.components import SD15_LATENT_SCALE, ddim_scheduler
 from grpose.diffusion.denoiser import predict_eps
 from grpose.diffusion.guidance import ClassifierFreeGuidance, StepHook
 from grpose.diffusion.losses import DiffusionStep, LossTerm, PoseWeightedMSE
+from grpose.diffusion.optim import adamw_with_schedule, check_schedule
 from grpose.diffusion.sampling import NEGATIVE_PROMPT, initial_latents, sample_latents
 from grpose.methods.base import PoseMethod
 from grpose.methods.weights import load_method_weights
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 FROZEN = ("unet", "vae", "text_encoder")
 TIMESTEP_SAMPLING = ("uniform", "cubic")
 ON_NONFINITE = ("raise", "skip")
-LR_DECAY = ("constant", "cosine")
 NOT_CHECKPOINTED = ("loss.", "losses.", "val_metrics.")  # frozen networks that come from the config
 
 
@@ -112,8 +111,7 @@ class PoseDiffusionModule(L.LightningModule):
                              f"got {timestep_sampling!r}")
         if on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
-        if lr_decay not in LR_DECAY:
-            raise ValueError(f"lr_decay must be one of {LR_DECAY}, got {lr_decay!r}")
+        check_schedule(lr_warmup_steps, lr_decay)
         self.skipped_nonfinite, self._skip_step = 0, False
         unknown = set(self.trainable) - {"method", *FROZEN}
         if unknown:
@@ -210,23 +208,9 @@ class PoseDiffusionModule(L.LightningModule):
             raise ValueError(f"nothing to train: trainable {self.trainable} has no parameters "
                              f"({type(self.method).__name__}); set trainable: [unet] to train "
                              "the base model")
-        # fused: one kernel for all parameters (on a CPU 3-7x faster than the per-tensor loop)
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr,
-                                      weight_decay=self.hparams.weight_decay, fused=True)
         hp = self.hparams
-        if hp.lr_warmup_steps == 0 and hp.lr_decay == "constant":
-            return optimizer
-        total = int(self.trainer.estimated_stepping_batches)  # the run's optimizer steps
-
-        def factor(step: int) -> float:
-            if step < hp.lr_warmup_steps:
-                return (step + 1) / hp.lr_warmup_steps
-            if hp.lr_decay == "constant":
-                return 1.0
-            done = (step - hp.lr_warmup_steps) / max(total - hp.lr_warmup_steps, 1)
-            return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_with_schedule(params, hp.lr, hp.weight_decay, hp.lr_warmup_steps,
+                                   hp.lr_decay, int(self.trainer.estimated_stepping_batches))
 
     # -- the diffusion step ---------------------------------------------------------------------
     @property
