@@ -47,6 +47,26 @@ def test_autoencoder_init_logvar_starts_with_a_narrow_posterior():
     assert module.vae.quant_conv.weight.grad[4:].abs().sum() > 0
 
 
+def test_autoencoder_trains_on_random_crops_of_each_image():
+    from grpose.diffusion.autoencoder import AutoencoderModule
+    images = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    module = AutoencoderModule(tiny_vae((8, 16), seed=0, mid_attention=False), crop_size=16,
+                               seed=3)
+    crops = module.crop(images)
+    assert crops.shape == (2, 3, 16, 16)
+    for k, (image, crop) in enumerate(zip(images, crops)):  # a square of its own image
+        top, left = divmod(int(crop[0, 0, 0].item()) - k * 3 * 32 * 32, 32)
+        assert torch.equal(crop, image[:, top:top + 16, left:left + 16])
+    again = AutoencoderModule(tiny_vae((8, 16), seed=0, mid_attention=False), crop_size=16, seed=3)
+    assert torch.equal(again.crop(images), crops)  # the seed sets the positions
+    assert torch.equal(AutoencoderModule(tiny_vae((8, 16), seed=0)).crop(images), images)
+    for bad in (0, 15):  # not a multiple of the VAE's downsampling (2)
+        with pytest.raises(ValueError, match="crop_size"):
+            AutoencoderModule(tiny_vae((8, 16), seed=0), crop_size=bad)
+    with pytest.raises(ValueError, match="larger than the images"):
+        AutoencoderModule(tiny_vae((8, 16), seed=0), crop_size=64).crop(images)
+
+
 # -- SD 1.5's text side: a transformers CLIPTextModel folder, CLIPTokenizer ids ---------------
 PROMPTS = ["", "a dancer", "Two people, one raising both arms; the other sits on a red chair.",
            " ".join(["a tall person in a long coat walking"] * 12)]  # > 77 tokens: truncated

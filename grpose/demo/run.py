@@ -35,8 +35,9 @@ class DemoConfig:
     batch_size: int = 16
     num_tune: int = 16  # images (apart from the held-out ones) that pick the conditioning scale
     pose_steps: int = 500
-    vae_steps: int = 900
+    vae_steps: int = 2400
     vae_lr: float = 1e-3
+    vae_crop: int = 32  # the VAE trains on random squares of this side (0: whole images)
     base_steps: int = 400
     base_lr: float = 2e-3
     adapter_steps: int = 450  # the budget: every method trains for these steps
@@ -54,8 +55,8 @@ class DemoConfig:
 
 
 QUICK = dict(num_train=32, num_val=8, num_tune=4, scales="1,2", batch_size=4, pose_steps=4,
-             vae_steps=4, base_steps=4, adapter_steps=4, sample_steps=2, field_steps=4,
-             kb_steps=4, warmup_steps=1, jobs=1)
+             vae_steps=4, vae_crop=16, base_steps=4, adapter_steps=4, sample_steps=2,
+             field_steps=4, kb_steps=4, warmup_steps=1, jobs=1)
 """A seconds-long smoke run (tests)."""
 COMPARE = dict(out="runs/compare", seeds="0,1,2",
                methods=",".join([m for m in METHODS if m != "no_pose"] + [REPOSEDM]))

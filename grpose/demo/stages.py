@@ -72,12 +72,10 @@ def run_stage(cfg, name: str, settings: dict, build) -> dict:
     folder, marker = os.path.join(cfg.out, name), os.path.join(cfg.out, name, "stage.json")
     settings = json.loads(json.dumps(settings))  # as read back (tuples become lists)
     if os.path.isfile(marker):
-        with open(marker) as f:
-            record = json.load(f)
+        record = read_stage(folder)
         if record["settings"] == settings:
             print(f"[demo] {name}: reusing {folder}", flush=True)
-            return {**record, **{k: os.path.normpath(os.path.join(folder, record[k]))
-                                 for k in record.get("files", [])}}
+            return record
     os.makedirs(folder, exist_ok=True)
     print(f"[demo] {name} ...", flush=True)
     start = time.time()
@@ -92,6 +90,17 @@ def run_stage(cfg, name: str, settings: dict, build) -> dict:
                    "files": files}, f, indent=1)
     os.replace(marker + ".tmp", marker)
     return record
+
+
+def read_stage(folder: str) -> dict:
+    """A finished stage's record (settings, info, seconds), its files' paths resolved."""
+    marker = os.path.join(folder, "stage.json")
+    if not os.path.isfile(marker):
+        raise FileNotFoundError(f"{marker}: no finished stage there")
+    with open(marker) as f:
+        record = json.load(f)
+    return {**record, **{k: os.path.normpath(os.path.join(folder, record[k]))
+                         for k in record.get("files", [])}}
 
 
 def datasets(cfg, data_dir: str, caption_dropout: float):
@@ -158,14 +167,16 @@ def vae_stage(cfg, inputs) -> dict:
         module = AutoencoderModule(tiny_vae(VAE["channels"], cfg.seed,
                                             mid_attention=VAE["mid_attention"]),
                                    init_logvar=VAE["init_logvar"], lr=cfg.vae_lr,
-                                   lr_warmup_steps=cfg.warmup_steps, lr_decay=cfg.lr_decay)
+                                   lr_warmup_steps=cfg.warmup_steps, lr_decay=cfg.lr_decay,
+                                   crop_size=cfg.vae_crop or None, seed=cfg.seed)
         trainer(cfg, "vae", cfg.vae_steps).fit(module, PoseDataModule(
             train=train, batch_size=cfg.batch_size, seed=cfg.seed))
         module.vae.save_pretrained(d)
         images = torch.stack([train[i].image for i in range(min(64, len(train)))])
         return {"vae_dir": d, "latent_scale": module.latent_scale(images)}
     return run_stage(cfg, "vae", dict(steps=cfg.vae_steps, arch=VAE, lr=cfg.vae_lr,
-                                      warmup=cfg.warmup_steps, decay=cfg.lr_decay,
+                                      crop=cfg.vae_crop, warmup=cfg.warmup_steps,
+                                      decay=cfg.lr_decay,
                                       data=inputs["data"]["settings"]), build)
 
 

@@ -25,13 +25,22 @@ class AutoencoderModule(L.LightningModule):
             None keeps diffusers' init.
         lr_warmup_steps, lr_decay: the learning-rate schedule (`grpose.diffusion.optim`):
             linear warm-up, then "constant" or "cosine" (to zero at the last step).
+        crop_size: train on a random `crop_size` square of each image (None: whole images). A
+            VAE without attention is convolutional, so it learns the same map from crops, at a
+            fraction of the cost per step; validation and use stay on whole images.
+        seed: seeds the crops' positions.
     """
 
     def __init__(self, vae: AutoencoderKL, lr: float = 1e-3, kl_weight: float = 1e-6,
                  init_logvar: float | None = None, lr_warmup_steps: int = 0,
-                 lr_decay: str = "constant"):
+                 lr_decay: str = "constant", crop_size: int | None = None, seed: int = 0):
         super().__init__()
         check_schedule(lr_warmup_steps, lr_decay)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        if crop_size is not None and (crop_size <= 0 or crop_size % factor):
+            raise ValueError(f"crop_size must be a positive multiple of the VAE's downsampling "
+                             f"{factor}, got {crop_size}")
+        self.crop_size, self.crops = crop_size, torch.Generator().manual_seed(seed)
         self.vae = vae.requires_grad_(True)
         self.lr, self.kl_weight = lr, kl_weight
         self.lr_warmup_steps, self.lr_decay = lr_warmup_steps, lr_decay
@@ -50,8 +59,20 @@ class AutoencoderModule(L.LightningModule):
         rec = F.l1_loss(recon, images) + F.mse_loss(recon, images)
         return rec, posterior.kl().mean()
 
+    def crop(self, images: torch.Tensor) -> torch.Tensor:
+        """A random `crop_size` square of each image `(B, 3, H, W)` (all of it when None)."""
+        size, (h, w) = self.crop_size, images.shape[-2:]
+        if size is None:
+            return images
+        if size > min(h, w):
+            raise ValueError(f"crop_size {size} is larger than the images ({h} x {w})")
+        top = torch.randint(0, h - size + 1, (len(images),), generator=self.crops).tolist()
+        left = torch.randint(0, w - size + 1, (len(images),), generator=self.crops).tolist()
+        return torch.stack([im[:, t:t + size, l:l + size]
+                            for im, t, l in zip(images, top, left)])  # (B, 3, size, size)
+
     def training_step(self, batch: PoseBatch, batch_idx: int) -> torch.Tensor:
-        rec, kl = self.losses(batch.image)
+        rec, kl = self.losses(self.crop(batch.image))
         loss = rec + self.kl_weight * kl
         self.log_dict({"train/loss": loss, "train/kl": kl}, prog_bar=True, batch_size=len(batch))
         return loss
