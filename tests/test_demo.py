@@ -5,9 +5,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from grpose.demo import main
 from grpose.demo.report import pair_notes, summarise
+from grpose.demo.run import DemoConfig
+from grpose.demo.stages import run_stage
 from grpose.demo.tasks import Task, run_tasks
 from tools.vae_ceiling import ceiling
 
@@ -116,3 +119,17 @@ def test_demo_rejects_bad_settings_before_training(tmp_path):
         with pytest.raises(ValueError, match=message):
             main(argv + ["--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_stage_draws_the_same_whatever_ran_before_it(tmp_path):
+    """A worker runs several stages: what one draws from the global RNG (a network's init,
+    augmentation) must not depend on the stages before it, nor change the caller's RNG."""
+    def draw(folder):
+        return {"x": torch.rand(3).tolist()}
+    first = run_stage(DemoConfig(out=str(tmp_path / "a")), "pose", {}, draw)
+    torch.rand(5)  # something else drew in between
+    state = torch.get_rng_state()
+    again = run_stage(DemoConfig(out=str(tmp_path / "b")), "pose", {}, draw)
+    assert again["x"] == first["x"] and torch.equal(torch.get_rng_state(), state)
+    assert run_stage(DemoConfig(out=str(tmp_path / "c"), seed=1), "pose", {}, draw)["x"] != \
+        first["x"]  # another seed (or stage name) draws otherwise

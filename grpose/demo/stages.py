@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import time
+import zlib
 from dataclasses import asdict
 
 import lightning as L
@@ -79,7 +80,10 @@ def run_stage(cfg, name: str, settings: dict, build) -> dict:
     os.makedirs(folder, exist_ok=True)
     print(f"[demo] {name} ...", flush=True)
     start = time.time()
-    info = build(folder)
+    with torch.random.fork_rng(devices=[]):  # what a stage draws from the global RNG (a
+        # network's init, augmentation, VAE samples) does not depend on what its worker ran before
+        torch.manual_seed(zlib.crc32(f"{name}:{cfg.seed}".encode()))
+        info = build(folder)
     record = {"settings": settings, **info, "seconds": round(time.time() - start, 1)}
     print(f"[demo] {name}: {record['seconds']:.0f} s", flush=True)
     root = os.path.abspath(folder)
