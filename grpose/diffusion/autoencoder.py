@@ -83,7 +83,7 @@ class AutoencoderModule(L.LightningModule):
 
     def configure_optimizers(self):
         return adamw_with_schedule(self.vae.parameters(), self.lr, 1e-2, self.lr_warmup_steps,
-                                   self.lr_decay, int(self.trainer.estimated_stepping_batches))
+                                   self.lr_decay, lambda: self.trainer.estimated_stepping_batches)
 
     @torch.no_grad()
     def latent_scale(self, images: torch.Tensor) -> float:

@@ -210,7 +210,7 @@ class PoseDiffusionModule(L.LightningModule):
                              "the base model")
         hp = self.hparams
         return adamw_with_schedule(params, hp.lr, hp.weight_decay, hp.lr_warmup_steps,
-                                   hp.lr_decay, int(self.trainer.estimated_stepping_batches))
+                                   hp.lr_decay, lambda: self.trainer.estimated_stepping_batches)
 
     # -- the diffusion step ---------------------------------------------------------------------
     @property
