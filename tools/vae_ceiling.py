@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 
 import torch
 
+from grpose.demo.report import summarise
 from grpose.demo.run import DemoConfig
 from grpose.demo.scoring import evaluate
 from grpose.demo.stages import datasets, read_stage
@@ -49,8 +49,7 @@ def ceiling(run_dir: str, batch_size: int = 16) -> dict[str, dict[str, float]]:
     vae = load_vae(read_stage(os.path.join(run_dir, "vae"))["vae_dir"], subfolder=None)
     real = evaluate(None, 1.0, val, network, batch_size)
     round_trip = evaluate(RoundTrip(vae), 1.0, val, network, batch_size)
-    round_trip["ap_vs_real"] = round_trip["ap"] / real["ap"] if real["ap"] > 0 else math.nan
-    return {"real images": {**real, "ap_vs_real": 1.0}, "vae round trip": round_trip}
+    return summarise({"vae round trip": {0: round_trip}}, real)["methods"]
 
 
 def main(argv=None) -> dict:

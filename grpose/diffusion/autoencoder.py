@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from grpose.data.batch import PoseBatch
+from grpose.diffusion.components import vae_downsampling
 from grpose.diffusion.optim import adamw_with_schedule, check_schedule
 
 
@@ -36,7 +37,7 @@ class AutoencoderModule(L.LightningModule):
                  lr_decay: str = "constant", crop_size: int | None = None, seed: int = 0):
         super().__init__()
         check_schedule(lr_warmup_steps, lr_decay)
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        factor = vae_downsampling(vae)
         if crop_size is not None and (crop_size <= 0 or crop_size % factor):
             raise ValueError(f"crop_size must be a positive multiple of the VAE's downsampling "
                              f"{factor}, got {crop_size}")

@@ -97,6 +97,11 @@ def tiny_unet(block_out_channels=(32, 32, 64, 64), cross_attention_dim: int = 32
             cross_attention_dim=cross_attention_dim, attention_head_dim=8)
 
 
+def vae_downsampling(vae: AutoencoderKL) -> int:
+    """Image pixels per latent pixel along a side (SD 1.5's VAE: 8)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def tiny_vae(block_out_channels=(32, 64, 64), seed: int = 0, mid_attention: bool = True
              ) -> AutoencoderKL:
     """A small random-init KL autoencoder (4 latent channels, downsampling 2 ** (levels - 1));

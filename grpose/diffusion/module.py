@@ -18,7 +18,7 @@ from grpose.data.batch import PoseBatch
 from grpose.data.condition import PoseCondition
 from grpose.diffusion.cache import EncodingCache
 from grpose.diffusion.checkpoint import read_checkpoint
-from grpose.diffusion.components import SD15_LATENT_SCALE, ddim_scheduler
+from grpose.diffusion.components import SD15_LATENT_SCALE, ddim_scheduler, vae_downsampling
 from grpose.diffusion.denoiser import predict_eps
 from grpose.diffusion.guidance import ClassifierFreeGuidance, StepHook
 from grpose.diffusion.losses import DiffusionStep, LossTerm, PoseWeightedMSE
@@ -215,7 +215,7 @@ class PoseDiffusionModule(L.LightningModule):
     # -- the diffusion step ---------------------------------------------------------------------
     @property
     def vae_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_downsampling(self.vae)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
