@@ -12,7 +12,7 @@ from grpose.demo.scoring import REAL, score_stage
 from grpose.demo.stages import (data_stage, field_stage, knowledge_stage, pose_stage, scene,
                                 vae_stage)
 from grpose.demo.tasks import Task, default_jobs, run_tasks
-from grpose.diffusion.module import TIMESTEP_SAMPLING
+from grpose.diffusion.draws import TIMESTEP_SAMPLING
 from grpose.diffusion.optim import LR_DECAY
 from grpose.methods import METHODS
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import re
 import warnings
-import zlib
 
 import lightning as L
-import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, SchedulerMixin
 from torch import nn
@@ -20,6 +17,8 @@ from grpose.diffusion.cache import EncodingCache
 from grpose.diffusion.checkpoint import read_checkpoint
 from grpose.diffusion.components import SD15_LATENT_SCALE, ddim_scheduler, vae_downsampling
 from grpose.diffusion.denoiser import predict_eps
+from grpose.diffusion.draws import (check_timestep_sampling, sampling_seeds,
+                                   timesteps_from_uniform, training_draws)
 from grpose.diffusion.guidance import ClassifierFreeGuidance, StepHook
 from grpose.diffusion.losses import DiffusionStep, LossTerm, PoseWeightedMSE
 from grpose.diffusion.optim import adamw_with_schedule, check_schedule
@@ -30,7 +29,6 @@ from grpose.methods.weights import load_method_weights
 log = logging.getLogger(__name__)
 
 FROZEN = ("unet", "vae", "text_encoder")
-TIMESTEP_SAMPLING = ("uniform", "cubic")
 ON_NONFINITE = ("raise", "skip")
 NOT_CHECKPOINTED = ("loss.", "losses.", "val_metrics.")  # frozen networks that come from the config
 
@@ -106,9 +104,7 @@ class PoseDiffusionModule(L.LightningModule):
         self.losses = nn.ModuleList(losses or [])
         self.val_metrics = val_metrics
         self.trainable = list(trainable or ["method"])
-        if timestep_sampling not in TIMESTEP_SAMPLING:
-            raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLING}, "
-                             f"got {timestep_sampling!r}")
+        check_timestep_sampling(timestep_sampling)
         if on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
         check_schedule(lr_warmup_steps, lr_decay)
@@ -251,26 +247,9 @@ class PoseDiffusionModule(L.LightningModule):
 
     def sample_timesteps(self, n: int, device, u: torch.Tensor | None = None) -> torch.Tensor:
         """`n` training timesteps from uniforms `u (n,)` in [0, 1) (default: the global RNG)."""
-        num = self.noise_scheduler.config.num_train_timesteps
         u = torch.rand(n, device=device) if u is None else u.to(device)
-        if self.hparams.timestep_sampling == "cubic":
-            u = 1 - u**3
-        return (u * num).long().clamp(0, num - 1)
-
-    def item_draws(self, batch: PoseBatch, shape: tuple[int, ...]):
-        """Per item: a uniform (B,) for its timestep, the noise and the VAE sample's eps
-        (B, *shape), from a generator seeded by (seed, step, the item's dataset index)."""
-        stream = (0, self.global_step) if self.training else (1, 0)
-        draws = []
-        for i, meta in enumerate(batch.meta):
-            key = meta.get("index", zlib.crc32(str(meta.get("id", i)).encode()))
-            entropy = np.random.SeedSequence([self.hparams.seed, *stream, int(key)])
-            g = torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0]))
-            draws.append((torch.rand(1, generator=g), torch.randn(shape, generator=g),
-                          torch.randn(shape, generator=g)))
-        u, noise, eps = (torch.cat(d) if k == 0 else torch.stack(d)
-                         for k, d in enumerate(zip(*draws)))
-        return u, noise.to(self.device), eps.to(self.device)
+        return timesteps_from_uniform(u, self.noise_scheduler.config.num_train_timesteps,
+                                      self.hparams.timestep_sampling)
 
     def loss_terms(self) -> list[tuple[str, LossTerm]]:
         """(name, term): "loss" and "losses[k]" with the term's class."""
@@ -280,9 +259,10 @@ class PoseDiffusionModule(L.LightningModule):
     def terms_step(self, batch: PoseBatch):
         """(total loss, logs, {term name: weighted value}) of one noised batch."""
         shape = (self.vae.config.latent_channels, *self.latent_size(batch.image.shape[-2:]))
-        u, noise, eps = self.item_draws(batch, shape)
-        latents = self.encode_images(batch.image, eps)  # (B, 4, h, w)
-        noise = noise.to(latents.dtype)
+        stream = (0, self.global_step) if self.training else (1, 0)  # validation: same draws
+        u, noise, eps = training_draws(batch.meta, self.hparams.seed, stream, shape)
+        latents = self.encode_images(batch.image, eps.to(self.device))  # (B, 4, h, w)
+        noise = noise.to(latents)
         t = self.sample_timesteps(len(batch), latents.device, u)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         cond = self.condition(batch)
@@ -357,8 +337,7 @@ class PoseDiffusionModule(L.LightningModule):
     # -- sampling -----------------------------------------------------------------------------
     def seeds_for(self, batch: PoseBatch) -> list[int]:
         """One seed per item from `seed` and the item's id: reproducible in any batch or process."""
-        return [(self.hparams.seed * 1_000_003 + zlib.crc32(str(m.get("id", i)).encode())) % 2**31
-                for i, m in enumerate(batch.meta)]
+        return sampling_seeds(batch.meta, self.hparams.seed)
 
     def generate(self, batch: PoseBatch, seeds: list[int] | None = None,
                  scale: float | None = None, progress: bool = False) -> torch.Tensor:
