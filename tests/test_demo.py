@@ -74,7 +74,11 @@ def test_quick_compare_in_worker_processes(tmp_path):
         assert results["methods"][row]["fid"] == pytest.approx(np.mean(values))
         assert results["std"][row]["fid"] == pytest.approx(np.std(values, ddof=1))
     assert (out / "grpose_skeleton-s1" / "method.pt").is_file()
-    assert (out / "results.md").read_text().startswith("# grpose method comparison")
+    text = (out / "results.md").read_text()
+    assert text.startswith("# grpose method comparison")
+    per_seed = results["per_seed"]["grpose_skeleton+reposedm"]
+    assert (f"| grpose_skeleton+reposedm | {per_seed[0]['ap']:.2f} / {per_seed[1]['ap']:.2f} | "
+            f"{per_seed[0]['ap_vs_real']:.3f} / {per_seed[1]['ap_vs_real']:.3f} |") in text
     assert set(json.loads((out / "results.json").read_text())["per_seed"]["no_pose"]) == {
         "0", "1"}
 

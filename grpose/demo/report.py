@@ -86,6 +86,21 @@ def table(results: dict, n_seeds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_table(results: dict) -> str:
+    """Per row: AP, AP / real and FID of each seed (the JSON's `per_seed`), in seed order."""
+    seeds = [str(s) for s in results["seeds"]]
+    head = " / ".join(seeds)
+    lines = [f"| row | AP, seeds {head} | AP / real | FID |", "|---|---|---|---|"]
+    for row, by_seed in results["per_seed"].items():
+        by_seed = {str(s): m for s, m in by_seed.items()}  # int keys, or str from the JSON
+
+        def values(key: str, digits: int) -> str:
+            return " / ".join(f"{by_seed[s][key]:.{digits}f}" for s in seeds)
+        lines.append(f"| {row} | {values('ap', 2)} | {values('ap_vs_real', 3)} | "
+                     f"{values('fid', 3)} |")
+    return "\n".join(lines) + "\n"
+
+
 def collect_grids(stages: dict[str, dict], out: str) -> None:
     """Each scoring stage's grid under `out/grids/` and in TensorBoard (`out/tb/eval`)."""
     os.makedirs(os.path.join(out, "grids"), exist_ok=True)
@@ -118,6 +133,7 @@ def write_report(results: dict, out: str, title: str) -> str:
             + "; poses detected by the demo's pose network; FID / KID on that network's pooled "
             "features (not Inception: comparable only within this table).\n\n"
             + table(results, len(seeds))
+            + ("\nPer seed:\n\n" + seed_table(results) if len(seeds) > 1 else "")
             + f"\nConditioning scale of each method, chosen from ({cfg['scales']}) by AP on "
             f"{cfg['num_tune']} other synthetic images: {scales}.\n"
             + ("\nDifferences inside the seed spread (sqrt(std_a² + std_b²)):\n\n"
