@@ -15,9 +15,14 @@ def check_timestep_sampling(name: str) -> None:
         raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLING}, got {name!r}")
 
 
+def id_hash(meta: dict, position: int) -> int:
+    """A hash of the item's id (else of its position in the batch)."""
+    return zlib.crc32(str(meta.get("id", position)).encode())
+
+
 def item_key(meta: dict, position: int) -> int:
-    """The item's dataset index, else a hash of its id (else of its position in the batch)."""
-    return int(meta.get("index", zlib.crc32(str(meta.get("id", position)).encode())))
+    """The item's dataset index, else `id_hash`."""
+    return int(meta.get("index", id_hash(meta, position)))
 
 
 def training_draws(metas: list[dict], seed: int, stream: tuple[int, int],
@@ -47,5 +52,4 @@ def timesteps_from_uniform(u: torch.Tensor, num_train_timesteps: int,
 def sampling_seeds(metas: list[dict], seed: int) -> list[int]:
     """One sampling seed per item from `seed` and the item's id: an image's seed is the same in
     any batch or process."""
-    return [(seed * 1_000_003 + zlib.crc32(str(m.get("id", i)).encode())) % 2**31
-            for i, m in enumerate(metas)]
+    return [(seed * 1_000_003 + id_hash(m, i)) % 2**31 for i, m in enumerate(metas)]
