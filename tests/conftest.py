@@ -199,3 +199,32 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# -- the field's detector: random HigherHRNet-W48 weights in mmpose's layout ---------------------
+def tame_higherhrnet(net, target_std: float = 0.05):
+    """Scale the head's output convs so that random weights give heatmaps / tags of ~target_std
+    (random BN statistics blow activations up to ~1e6, and every pixel becomes a person)."""
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for i in range(2):
+            std = net(x)[i].std()
+            net.keypoint_head.final_layers[i].weight.mul_(target_std / std)
+            net.keypoint_head.final_layers[i].bias.zero_()
+    return net
+
+
+@pytest.fixture(scope="session")
+def mmpose_higherhrnet(tmp_path_factory):
+    """`(path, state_dict)`: a seeded random HigherHRNet-W48 saved as mmpose 0.x saves a
+    checkpoint (`{"meta", "state_dict", "optimizer"}`, a numpy scalar in the metadata)."""
+    from grpose.pose.higherhrnet import HigherHRNet
+    with torch.random.fork_rng():
+        torch.manual_seed(22)
+        net = tame_higherhrnet(HigherHRNet().eval())
+    state = {f"{k}": v.clone() for k, v in net.state_dict().items()}
+    path = tmp_path_factory.mktemp("mmpose") / "higherhrnet_w48_humanart_512x512_udp.pth"
+    torch.save({"meta": {"epoch": 300, "mmcv_version": "1.7.0",
+                         "hook_msgs": {"best_score": np.float64(0.664)}},
+                "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}, path)
+    return path, state

@@ -5,6 +5,7 @@ import codecs
 import json
 import os
 import pickle
+import re
 import zipfile
 
 import numpy as np
@@ -225,3 +226,35 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
     return state
+
+
+def _numpy_globals() -> list:
+    """numpy scalars and dtypes as checkpoints' metadata holds them (e.g. mmcv's `best_score`)."""
+    dtypes = [type(np.dtype(t)) for t in ("f2", "f4", "f8", "i4", "i8", "u1", "b1")]
+    return [_multiarray.scalar, _multiarray._reconstruct, np.dtype, np.ndarray, *dtypes]
+
+
+def read_torch_file(path, what: str = "checkpoint"):
+    """A `torch.save` file read weights-only (no code from the file runs; numpy scalars allowed);
+    a missing, truncated, corrupt or unsafe file raises an error naming it (`what path: ...`)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path}: no such file")
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+        except Exception as e:  # noqa: BLE001 (any failure to read a member is corruption)
+            bad = f"{type(e).__name__}: {e}"
+        if bad:
+            raise ValueError(f"{what} {path}: corrupt (checksum or header error in {bad})")
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except Exception as e:  # noqa: BLE001
+        unsafe = re.search(r"WeightsUnpickler error:\s*(.*?)(?: Please|\n|$)", str(e))
+        reason = unsafe.group(1) if unsafe else (str(e).strip().splitlines() or [repr(e)])[0]
+        if not is_zip and not unsafe:
+            reason = f"not a torch.save file, or truncated ({reason})"
+        raise ValueError(f"{what} {path}: unreadable with weights_only=True: {reason}") from e

@@ -1,10 +1,14 @@
 """A small bottom-up multi-person pose network (with RMPG refinement), its decoding, training
-module and pluggable detectors."""
+module and pluggable detectors, and the field's HigherHRNet-W48 detector."""
+from grpose.pose.associative import decode_associative
 from grpose.pose.decode import decode_people, encode_targets, match_people, oks
 from grpose.pose.detector import NetworkDetector, OnnxDetector, PoseDetector
+from grpose.pose.higherhrnet import HigherHRNet, HigherHRNetMaps
+from grpose.pose.higherhrnet_detector import HigherHRNetDetector
 from grpose.pose.module import PoseEstimatorModule
 from grpose.pose.network import PoseNetwork
 from grpose.pose.rmpg import RMPG
 
-__all__ = ["NetworkDetector", "OnnxDetector", "PoseDetector", "PoseEstimatorModule",
-           "PoseNetwork", "RMPG", "decode_people", "encode_targets", "match_people", "oks"]
+__all__ = ["HigherHRNet", "HigherHRNetDetector", "HigherHRNetMaps", "NetworkDetector",
+           "OnnxDetector", "PoseDetector", "PoseEstimatorModule", "PoseNetwork", "RMPG",
+           "decode_associative", "decode_people", "encode_targets", "match_people", "oks"]

@@ -1,0 +1,143 @@
+"""HigherHRNet-W48 in mmpose's layout: the state dict, timm's backbone, loading mmpose files, and
+the detector's input handling and flip test."""
+import pathlib
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from grpose.data.skeletons import COCO17_FLIP
+from grpose.pose import HigherHRNet, HigherHRNetDetector, HigherHRNetMaps
+from grpose.pose.associative import udp_input_size
+from grpose.pose.higherhrnet_detector import udp_warp
+
+KEYS = pathlib.Path(__file__).parent / "data/higherhrnet_w48_mmpose_keys.tsv"  # protocol.md's list
+
+
+@pytest.fixture(scope="module")
+def net(mmpose_higherhrnet):
+    return HigherHRNet.from_mmpose(mmpose_higherhrnet[0])
+
+
+def test_state_dict_is_mmpose_key_list_one_to_one():
+    rows = [line.rstrip("\n").split("\t") for line in KEYS.read_text().splitlines()[1:]]
+    state = HigherHRNet().state_dict()
+    assert len(rows) == 1810 and list(state) == [k for k, _, _ in rows]
+    for key, shape, dtype in rows:
+        assert (str(tuple(state[key].shape)), str(state[key].dtype)) == (shape, f"torch.{dtype}"), key
+
+
+def test_backbone_is_timms_hrnet_w48_branch_0(net):
+    timm_net = timm.create_model("hrnet_w48", pretrained=False, features_only=True,
+                                 feature_location="").eval()
+    prefix = "backbone."
+    ours = {k[len(prefix):]: v for k, v in net.state_dict().items() if k.startswith(prefix)}
+    extra = set(timm_net.state_dict()) - set(ours)  # fusion into branches 1-3, unused
+    assert not set(ours) - set(timm_net.state_dict()) and len(extra) == 78
+    assert all(k.split(".")[:4] in (["stage4", "2", "fuse_layers", b] for b in "123") for k in extra)
+    timm_net.load_state_dict(ours, strict=False)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(net.features(x), timm_net(x)[1])
+
+
+def test_from_mmpose_reads_wrapped_and_bare_files(mmpose_higherhrnet, net, tmp_path):
+    path, state = mmpose_higherhrnet
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    bare = tmp_path / "bare.pth"
+    torch.save({f"module.{k}": v for k, v in state.items()}, bare)  # DataParallel names
+    other = HigherHRNet.from_mmpose(bare)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        low, high = net(x)
+        assert (low.shape, high.shape) == ((1, 34, 16, 16), (1, 17, 32, 32))
+        assert torch.equal(other(x)[1], high)
+
+
+def test_bad_checkpoints_give_one_clear_error(mmpose_higherhrnet, tmp_path):
+    path, state = mmpose_higherhrnet
+    other_model = tmp_path / "resnet.pth"
+    torch.save({"state_dict": timm.create_model("resnet18").state_dict()}, other_model)
+    with pytest.raises(ValueError, match=r"resnet.pth is not HigherHRNet-W48.*missing: "
+                                         r"backbone\..*unexpected: .*fc\.weight"):
+        HigherHRNet.from_mmpose(other_model)
+    misshapen = dict(state)
+    misshapen["keypoint_head.final_layers.1.weight"] = torch.zeros(14, 48, 1, 1)
+    torch.save(misshapen, tmp_path / "coco14.pth")
+    with pytest.raises(ValueError, match=r"misshapen: keypoint_head.final_layers.1.weight "
+                                         r"\(14, 48, 1, 1\) \(expected \(17, 48, 1, 1\)\)"):
+        HigherHRNet.from_mmpose(tmp_path / "coco14.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(pathlib.Path(path).read_bytes()[:100_000])
+    with pytest.raises(ValueError, match="mmpose checkpoint .*truncated.pth"):
+        HigherHRNet.from_mmpose(truncated)
+    with pytest.raises(FileNotFoundError, match="nowhere.pth: no such file"):
+        HigherHRNet.from_mmpose(tmp_path / "nowhere.pth")
+
+
+def test_maps_are_differentiable_and_frozen(net):
+    maps = HigherHRNetMaps(network=net)
+    maps.train()
+    assert not maps.training and not any(p.requires_grad for p in maps.parameters())
+    images = (torch.rand(1, 3, 64, 64) * 2 - 1).requires_grad_()
+    out = maps(images)
+    assert out["heatmaps"].shape == (1, 17, 32, 32) and out["features"].shape == (1, 48, 16, 16)
+    out["heatmaps"].square().sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_flip_test_is_the_manual_flip_average(net):
+    det = HigherHRNetDetector(network=net)
+    x = torch.randn(2, 3, 64, 64)
+    heatmaps, tags = det.aggregate(x)
+    with torch.no_grad():
+        low, high = net(x)
+        low_f, high_f = net(x.flip(-1))
+    low_f, high_f = low_f.flip(-1), high_f.flip(-1)[:, COCO17_FLIP]
+    up = F.interpolate(low[:, :17], size=(32, 32), mode="bilinear", align_corners=True)
+    up_f = F.interpolate(low_f[:, COCO17_FLIP], size=(32, 32), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(heatmaps, ((up + high) / 2 + (up_f + high_f) / 2) / 2)
+    tag = F.interpolate(low[:, 17:], size=(32, 32), mode="bilinear", align_corners=True)
+    tag_f = F.interpolate(low_f[:, 17 + COCO17_FLIP], size=(32, 32), mode="bilinear",
+                          align_corners=True)
+    torch.testing.assert_close(tags, torch.stack([tag, tag_f], -1))
+    plain_heatmaps, plain_tags = HigherHRNetDetector(network=net, flip_test=False).aggregate(x)
+    torch.testing.assert_close(plain_heatmaps, (up + high) / 2)
+    assert plain_tags.shape == (2, 17, 32, 32, 1)
+
+
+def test_input_is_udp_resized_and_normalised(net):
+    assert udp_input_size((512, 512)) == (512, 512)
+    assert udp_input_size((300, 500)) == (512, 896)  # 512 * 500 / 300 = 853.3 -> 896
+    assert udp_input_size((600, 400)) == (768, 512)
+    det = HigherHRNetDetector(network=net)
+    images = torch.rand(1, 3, 512, 512) * 2 - 1
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    expected = (((images + 1) / 2) - mean[:, None, None]) / std[:, None, None]
+    torch.testing.assert_close(det.prepare(images), expected)  # 512^2: the warp is the identity
+    portrait = torch.rand(1, 1, 7, 5)
+    warped = udp_warp(portrait, (10, 7))  # scale (7 - 1) / (5 - 1) = 1.5, corners aligned
+    assert warped.shape == (1, 1, 10, 7)
+    torch.testing.assert_close(warped[..., 0, 0], portrait[..., 0, 0])
+    torch.testing.assert_close(warped[..., 9, 6], portrait[..., 6, 4])
+    torch.testing.assert_close(warped[..., 3, 3], portrait[..., 2, 2])  # 3 / 1.5 = 2
+    torch.testing.assert_close(warped[..., 0, 1], portrait[..., 0, 0] / 3 + portrait[..., 0, 1] * 2 / 3)
+    assert warped[..., 9, :].abs().sum() > 0  # row 9 -> 6: the last input row, inside
+
+
+def test_legacy_input_truncates_to_uint8_and_reads_rgb_as_bgr(net):
+    plain, legacy = HigherHRNetDetector(network=net), HigherHRNetDetector(network=net,
+                                                                           legacy_input=True)
+    levels = torch.randint(0, 256, (1, 1, 512, 512)).float()
+    gray = (levels / 127.5 - 1).expand(1, 3, -1, -1)  # a uint8 gray image in [-1, 1]
+    exact = (gray + 1) / 2 * 255 == levels
+    # equal where the float image is exactly on the uint8 grid; one level lower where it is not
+    diff = (plain.prepare(gray) - legacy.prepare(gray)) * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert torch.all(diff[exact.expand_as(diff)].abs() < 1e-6)
+    assert torch.allclose(diff[~exact.expand_as(diff)], torch.tensor(1 / 255))
+    red = torch.full((1, 3, 512, 512), -1.0)
+    red[:, 0] = 1.0
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(plain.prepare(red)[0, :, 0, 0], (torch.tensor([1.0, 0, 0]) - mean) / std)
+    assert torch.allclose(legacy.prepare(red)[0, :, 0, 0], (torch.tensor([0, 0, 1.0]) - mean) / std)
