@@ -51,8 +51,8 @@ test-gpu: install  ## run the CUDA tests (on a machine with a GPU)
 train: install  ## fit a model: make train CONFIG="trainer base data method configs" ARGS=... (default: tiny GRPose, CPU)
 	$(PY) -m grpose fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
 
-eval: install  ## score generated images: make eval IMAGES=dir EVAL_CONFIG=configs/eval/humanart.yaml ARGS=...
-	$(PY) tools/evaluate.py --config $(EVAL_CONFIG) --images $(IMAGES) $(ARGS)
+eval: install  ## score generated images: make eval IMAGES=dir EVAL_CONFIG="configs/eval/humanart.yaml [configs/eval/humanart_papers.yaml]" ARGS=...
+	$(PY) tools/evaluate.py $(foreach c,$(EVAL_CONFIG),--config $(c)) --images $(IMAGES) $(ARGS)
 
 bench: install  ## training-step time of each method vs ControlNet (tiny shapes; ARGS="--memory" / "--shape sd15 ...")
 	$(PY) tools/bench_step.py $(ARGS)

@@ -1,11 +1,14 @@
 """HigherHRNet-W48 in mmpose's layout: the state dict, timm's backbone, loading mmpose files, and
 the detector's input handling and flip test."""
+import functools
 import pathlib
 
+import numpy as np
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from grpose.data.skeletons import COCO17_FLIP
 from grpose.pose import HigherHRNet, HigherHRNetDetector, HigherHRNetMaps
@@ -141,3 +144,39 @@ def test_legacy_input_truncates_to_uint8_and_reads_rgb_as_bgr(net):
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
     assert torch.allclose(plain.prepare(red)[0, :, 0, 0], (torch.tensor([1.0, 0, 0]) - mean) / std)
     assert torch.allclose(legacy.prepare(red)[0, :, 0, 0], (torch.tensor([0, 0, 1.0]) - mean) / std)
+
+
+def test_make_eval_scores_a_folder_with_the_detector_both_protocols(
+        mmpose_higherhrnet, humanart_mapping, tmp_path, monkeypatch):
+    """`make eval` as a user types it, on the shipped configs (paths overridden): ours, then
+    the papers' protocol added on top; the detector comes from the mmpose file."""
+    from tools.evaluate import cli
+    built = []
+    init = HigherHRNetDetector.__init__
+
+    @functools.wraps(init)  # the signature stays visible to the command line
+    def record(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        built.append(self)
+    monkeypatch.setattr(HigherHRNetDetector, "__init__", record)
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for i, iid in enumerate((303, 7, 12)):
+        rng = torch.Generator().manual_seed(i)
+        image = torch.randint(0, 256, (64, 64, 3), generator=rng, dtype=torch.uint8).numpy()
+        Image.fromarray(image).save(gen / f"{iid}.png")
+    paths = [f"--images={gen}", f"--data.init_args.root={humanart_mapping}",
+             "--data.init_args.resolution=64", "--data.init_args.eval_list=null",
+             f"--detector.init_args.checkpoint={mmpose_higherhrnet[0]}",
+             "--inception_weights=null", "--clip_weights=null"]
+    ours = cli(["--config", "configs/eval/humanart.yaml", *paths, f"--out={tmp_path / 'ours'}"])
+    papers = cli(["--config", "configs/eval/humanart.yaml", "--config",
+                  "configs/eval/humanart_papers.yaml", *paths, f"--out={tmp_path / 'papers'}"])
+    assert [(d.legacy_input, d.decode_options["dark_in_place"]) for d in built] == [
+        (False, False), (True, False)]
+    for results in (ours, papers):
+        assert results["num_images"] == 3 and set(results["per_scenario"]) == {
+            "cartoon", "dance", "sculpture"}
+        assert {"ap", "cap", "pce"} <= set(results["mean"])
+        assert all(np.isfinite(v) for v in results["mean"].values())
+    assert (tmp_path / "papers" / "results.md").is_file()

@@ -80,15 +80,11 @@ def run_args(base, root, layout, *extra):
 
 
 def offline_eval_weights(folder, monkeypatch):
-    """(pose checkpoint, Inception-v3 weights, CLIP weights, CLIP arch): random, local."""
+    """(Inception-v3 weights, CLIP weights, CLIP arch): random, local."""
     import open_clip
     from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 
-    from grpose.pose import PoseEstimatorModule, PoseNetwork
     torch.manual_seed(0)
-    pose = PoseEstimatorModule(PoseNetwork(channels=32, head_channels=16))
-    torch.save({"state_dict": pose.state_dict(), "hyper_parameters": dict(pose.hparams)},
-               folder / "pose_net.ckpt")
     with monkeypatch.context() as m:  # a random network: skip torch-fidelity's download
         m.setattr(torch, "load", lambda *args, **kwargs: None)
         m.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None)
@@ -97,14 +93,14 @@ def offline_eval_weights(folder, monkeypatch):
     (folder / "grpose-e2e-clip.json").write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(folder / "grpose-e2e-clip.json")
     torch.save(open_clip.create_model("grpose-e2e-clip").state_dict(), folder / "clip.pt")
-    return (str(folder / "pose_net.ckpt"), str(folder / "inception.pth"),
-            str(folder / "clip.pt"), "grpose-e2e-clip")
+    return str(folder / "inception.pth"), str(folder / "clip.pt"), "grpose-e2e-clip"
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("layout, steps", [("mapping", 2), ("coco", 1)])
-def test_sd15_fit_predict_eval(tmp_path, monkeypatch, sd15_folder, layout, steps):
+def test_sd15_fit_predict_eval(tmp_path, monkeypatch, sd15_folder, mmpose_higherhrnet, layout,
+                               steps):
     from tools.evaluate import cli as evaluate_cli
     root = tmp_path / "HumanArt"
     for split in ("training", "validation"):
@@ -147,12 +143,13 @@ def test_sd15_fit_predict_eval(tmp_path, monkeypatch, sd15_folder, layout, steps
     names = sorted(os.listdir(out))
     assert [n for n in names if not n.startswith("grid_")] == sorted(f"{i}.png" for i in EVAL_IDS)
 
-    pose_ckpt, inception, clip, clip_arch = offline_eval_weights(tmp_path, monkeypatch)
+    inception, clip, clip_arch = offline_eval_weights(tmp_path, monkeypatch)
     results = evaluate_cli([  # `make eval IMAGES=out ARGS=...`
         "--config", "configs/eval/humanart.yaml", "--images", str(out),
         f"--data.init_args.root={root}", f"--data.init_args.layout={layout}",
         f"--data.init_args.resolution={RES}", f"--data.init_args.eval_list={root}/eval_ids.txt",
-        f"--detector.init_args.checkpoint={pose_ckpt}", f"--inception_weights={inception}",
+        f"--detector.init_args.checkpoint={mmpose_higherhrnet[0]}",
+        f"--inception_weights={inception}",
         f"--clip_weights={clip}", f"--clip_arch={clip_arch}", f"--out={tmp_path / 'eval'}"])
     assert results["num_images"] == len(EVAL_IDS) and results["missing"] == 0
     assert set(results["per_scenario"]) == {"cartoon", "dance"}
