@@ -1,5 +1,6 @@
 """HigherHRNet-W48 in mmpose's layout: the state dict, timm's backbone, loading mmpose files, and
 the detector's input handling and flip test."""
+import copy
 import functools
 import pathlib
 
@@ -8,6 +9,8 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+import yaml
+from jsonargparse import ArgumentParser
 from PIL import Image
 
 from grpose.data.skeletons import COCO17_FLIP
@@ -180,3 +183,61 @@ def test_make_eval_scores_a_folder_with_the_detector_both_protocols(
         assert {"ap", "cap", "pce"} <= set(results["mean"])
         assert all(np.isfinite(v) for v in results["mean"].values())
     assert (tmp_path / "papers" / "results.md").is_file()
+
+
+def section(config: str, *keys, path: str):
+    """A config's section with its HigherHRNet checkpoint path edited (what a user edits)."""
+    with open(config) as f:
+        node = yaml.safe_load(f)
+    for key in keys:
+        node = node[key]
+    text = yaml.safe_dump(node).replace("/weights/pose/higherhrnet_w48_humanart_512x512_udp.pth",
+                                        str(path))
+    assert str(path) in text
+    return yaml.safe_load(text)
+
+
+@pytest.mark.parametrize("method", ["grpose_skeleton", "grpose_feature"])
+def test_sd15_perception_loss_runs_through_higherhrnet(mmpose_higherhrnet, tiny_parts, tiny_batch,
+                                                       method):
+    from test_perception import step_for
+
+    from grpose.diffusion import PoseDiffusionModule
+    from grpose.diffusion.components import noise_scheduler
+    from grpose.diffusion.losses import LossTerm
+    from grpose.methods import ControlNet
+    losses = section(f"configs/method/{method}.yaml", "model", "init_args", "losses",
+                     path=mmpose_higherhrnet[0])
+    parser = ArgumentParser()
+    parser.add_argument("--losses", type=list[LossTerm])
+    term, = parser.instantiate(parser.parse_object({"losses": losses})).losses
+    assert isinstance(term.network, HigherHRNetMaps)
+    unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
+    m = PoseDiffusionModule(unet, vae, text, ControlNet((8, 16, 32)), noise_scheduler(),
+                            losses=[term])
+    m.train()
+    loss, logs = term(step_for(m, tiny_batch, torch.tensor([5, 100, 400])))
+    assert loss > 0 and torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.method.parameters())
+    assert all(p.grad is None for p in term.network.parameters())
+
+
+def test_reposedm_guidance_config_reads_higherhrnet(mmpose_higherhrnet, tiny_batch, tmp_path):
+    from grpose.data import PoseCondition
+    from grpose.diffusion.reposedm import RePoseDMGuidance
+    from grpose.pose.field import PoseField, PoseFieldModule
+    module = PoseFieldModule(PoseField(32, 2))
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)},
+               tmp_path / "field.ckpt")
+    hook = section("configs/guidance/reposedm.yaml", "model", "init_args", "sampling_hooks", 0,
+                   path=mmpose_higherhrnet[0])
+    hook["init_args"]["field_checkpoint"] = str(tmp_path / "field.ckpt")
+    parser = ArgumentParser()
+    parser.add_argument("--hook", type=RePoseDMGuidance)
+    guide = parser.instantiate(parser.parse_object({"hook": hook})).hook
+    assert isinstance(guide.pose_network, HigherHRNetMaps)
+    images = tiny_batch.image.clone().requires_grad_()
+    energy = guide.energy(images, PoseCondition.from_batch(tiny_batch, (16, 16)))
+    energy.sum().backward()
+    assert energy.shape == (3,) and images.grad.abs().sum() > 0
