@@ -202,23 +202,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 # -- the field's detector: random HigherHRNet-W48 weights in mmpose's layout ---------------------
-def tame_higherhrnet(net, target_std: float = 0.05):
-    """Scale the head's output convs so that random weights give heatmaps / tags of ~target_std
-    (random BN statistics blow activations up to ~1e6, and every pixel becomes a person)."""
-    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        for i in range(2):
-            std = net(x)[i].std()
-            net.keypoint_head.final_layers[i].weight.mul_(target_std / std)
-            net.keypoint_head.final_layers[i].bias.zero_()
-    return net
-
-
 @pytest.fixture(scope="session")
 def mmpose_higherhrnet(tmp_path_factory):
     """`(path, state_dict)`: a seeded random HigherHRNet-W48 saved as mmpose 0.x saves a
     checkpoint (`{"meta", "state_dict", "optimizer"}`, a numpy scalar in the metadata)."""
     from grpose.pose.higherhrnet import HigherHRNet
+    from tools.bench_detector import tame_higherhrnet
     with torch.random.fork_rng():
         torch.manual_seed(22)
         net = tame_higherhrnet(HigherHRNet().eval())

@@ -150,3 +150,12 @@ def test_distant_tag_starts_a_new_person_and_thresholds_apply():
     kp, _ = decode_associative(hm, tg, (64, 64), refine=False, adjust=False, tag_threshold=2.0)
     assert len(kp) == 1
     assert len(decode_associative(*maps(), (64, 64))[0]) == 0  # nothing: no people, no error
+
+
+@pytest.mark.parametrize("num_people", [1, 3, 10])
+def test_drawn_people_are_found_whole(num_people):
+    from tools.bench_detector import drawn_maps
+    hm, tg = drawn_maps(num_people, size=256, seed=num_people)
+    kp, scores = decode_associative(hm, tg, (512, 512))
+    assert len(kp) == num_people and (kp[..., 2] > 0.3).mean() > 0.97  # peaks may touch
+    assert np.all(np.diff(scores) <= 0)
