@@ -241,3 +241,35 @@ def test_reposedm_guidance_config_reads_higherhrnet(mmpose_higherhrnet, tiny_bat
     energy = guide.energy(images, PoseCondition.from_batch(tiny_batch, (16, 16)))
     energy.sum().backward()
     assert energy.shape == (3,) and images.grad.abs().sum() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tol", [("float32", 2e-3), ("bfloat16", 5e-2)])
+def test_detector_on_cuda_matches_the_cpu(net, dtype, tol):
+    images = torch.rand(2, 3, 512, 512, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    cpu = HigherHRNetDetector(network=copy.deepcopy(net))
+    cuda = HigherHRNetDetector(network=copy.deepcopy(net), device="cuda", dtype=dtype)
+    with torch.no_grad():
+        want = cpu.aggregate(cpu.prepare(images))
+        got = cuda.aggregate(cuda.prepare(images.cuda()))
+    for w, g in zip(want, got):
+        assert g.is_cuda and g.dtype == torch.float32
+        assert (g.cpu() - w).abs().max() <= tol * w.abs().max()
+    people = cuda(images.cuda())  # network on the GPU, grouping on the CPU, results back
+    assert len(people) == 2 and people[0]["keypoints"].is_cuda
+
+
+def test_validation_metrics_with_the_detector_through_the_cli(mmpose_higherhrnet, tmp_path):
+    from grpose.cli import main
+    configs = ("trainer/cpu", "base/tiny", "data/synthetic_tiny", "method/tiny/no_pose",
+               "eval/val_metrics")
+    cli = main(["validate", *[a for c in configs for a in ("--config", f"configs/{c}.yaml")],
+                "--model.init_args.val_metrics.init_args.detector.init_args.checkpoint="
+                f"{mmpose_higherhrnet[0]}", "--model.init_args.val_metric_batches=1",
+                "--model.init_args.num_inference_steps=2", "--trainer.limit_val_batches=1",
+                "--data.init_args.eval_batch_size=2", f"--trainer.default_root_dir={tmp_path}",
+                "--trainer.logger=false"])
+    assert isinstance(cli.model.val_metrics.detector, HigherHRNetDetector)
+    logged = cli.trainer.callback_metrics
+    assert {"val/ap", "val/cap", "val/pce"} <= set(logged)
+    assert all(torch.isfinite(logged[k]) for k in ("val/ap", "val/pce"))
