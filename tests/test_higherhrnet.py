@@ -135,13 +135,14 @@ def test_input_is_udp_resized_and_normalised(net):
 def test_legacy_input_truncates_to_uint8_and_reads_rgb_as_bgr(net):
     plain, legacy = HigherHRNetDetector(network=net), HigherHRNetDetector(network=net,
                                                                            legacy_input=True)
-    levels = torch.randint(0, 256, (1, 1, 512, 512)).float()
-    gray = (levels / 127.5 - 1).expand(1, 3, -1, -1)  # a uint8 gray image in [-1, 1]
-    exact = (gray + 1) / 2 * 255 == levels
-    # equal where the float image is exactly on the uint8 grid; one level lower where it is not
-    diff = (plain.prepare(gray) - legacy.prepare(gray)) * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    assert torch.all(diff[exact.expand_as(diff)].abs() < 1e-6)
-    assert torch.allclose(diff[~exact.expand_as(diff)], torch.tensor(1 / 255))
+    levels = torch.randint(0, 255, (1, 1, 512, 512)).float()
+    scale = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    png = (levels / 127.5 - 1).expand(1, 3, -1, -1)  # a gray 8-bit image read into [-1, 1]
+    torch.testing.assert_close(legacy.prepare(png), plain.prepare(png), atol=1e-5, rtol=0)
+    fraction = torch.rand(1, 1, 512, 512) * 0.9 + 0.05
+    decoded = ((levels + fraction) / 127.5 - 1).expand(1, 3, -1, -1)  # a decoder's float image
+    lost = (plain.prepare(decoded) - legacy.prepare(decoded)) * scale  # truncated to the level
+    torch.testing.assert_close(lost, (fraction / 255).expand_as(lost), atol=1e-5, rtol=0)
     red = torch.full((1, 3, 512, 512), -1.0)
     red[:, 0] = 1.0
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])

@@ -75,7 +75,8 @@ class HigherHRNetDetector(PoseDetector):
         x = ((images.float() + 1) / 2).clamp(0, 1)
         size = udp_input_size(tuple(images.shape[-2:]))
         if self.legacy_input:  # uint8 truncation, RGB read as BGR, an 8-bit warp
-            x = udp_warp(torch.floor(x * 255).flip(1), size).round().clamp(0, 255) / 255
+            # (+1e-4: an image read from an 8-bit file keeps its levels through [-1, 1] and back)
+            x = udp_warp(torch.floor(x * 255 + 1e-4).flip(1), size).round().clamp(0, 255) / 255
         else:
             x = udp_warp(x, size)
         mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
