@@ -10,10 +10,10 @@ ARGS ?=
 EVAL_CONFIG ?= configs/eval/humanart.yaml
 IMAGES ?= runs/predict
 
-.PHONY: help install lock demo compare test test-all test-gpu train eval bench bench-sample clean
+.PHONY: help install lock demo compare test test-all test-gpu train eval bench bench-sample bench-detector clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## set up .venv with grpose and its dependencies (idempotent)
 
@@ -59,6 +59,9 @@ bench: install  ## training-step time of each method vs ControlNet (tiny shapes;
 
 bench-sample: install  ## sampling time per image of each method vs ControlNet, RePoseDM's cost, T2I features once (ARGS="--shape sd15 ...")
 	$(PY) tools/bench_sample.py $(ARGS)
+
+bench-detector: install  ## the papers' detector: images/s, make eval per 100 images, perception step (ARGS="detector|eval|perception ...")
+	$(PY) tools/bench_detector.py $(or $(ARGS),detector)
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build *.egg-info .pytest_cache
