@@ -159,3 +159,12 @@ def test_drawn_people_are_found_whole(num_people):
     kp, scores = decode_associative(hm, tg, (512, 512))
     assert len(kp) == num_people and (kp[..., 2] > 0.3).mean() > 0.97  # peaks may touch
     assert np.all(np.diff(scores) <= 0)
+
+
+def test_bench_detector_reports_network_and_grouping(capsys):
+    from tools.bench_detector import main
+    main(["detector", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "images/s" in out and out.count("grouping (CPU)") == 4
+    for n in (1, 3, 10):
+        assert f"{n} drawn people" in out and f"{n} people found" in out

@@ -31,7 +31,8 @@ def test_state_dict_is_mmpose_key_list_one_to_one():
     state = HigherHRNet().state_dict()
     assert len(rows) == 1810 and list(state) == [k for k, _, _ in rows]
     for key, shape, dtype in rows:
-        assert (str(tuple(state[key].shape)), str(state[key].dtype)) == (shape, f"torch.{dtype}"), key
+        found = (str(tuple(state[key].shape)), str(state[key].dtype))
+        assert found == (shape, f"torch.{dtype}"), key
 
 
 def test_backbone_is_timms_hrnet_w48_branch_0(net):
@@ -41,7 +42,8 @@ def test_backbone_is_timms_hrnet_w48_branch_0(net):
     ours = {k[len(prefix):]: v for k, v in net.state_dict().items() if k.startswith(prefix)}
     extra = set(timm_net.state_dict()) - set(ours)  # fusion into branches 1-3, unused
     assert not set(ours) - set(timm_net.state_dict()) and len(extra) == 78
-    assert all(k.split(".")[:4] in (["stage4", "2", "fuse_layers", b] for b in "123") for k in extra)
+    assert all(k.split(".")[:4] in (["stage4", "2", "fuse_layers", b] for b in "123")
+               for k in extra)
     timm_net.load_state_dict(ours, strict=False)
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
@@ -128,7 +130,8 @@ def test_input_is_udp_resized_and_normalised(net):
     torch.testing.assert_close(warped[..., 0, 0], portrait[..., 0, 0])
     torch.testing.assert_close(warped[..., 9, 6], portrait[..., 6, 4])
     torch.testing.assert_close(warped[..., 3, 3], portrait[..., 2, 2])  # 3 / 1.5 = 2
-    torch.testing.assert_close(warped[..., 0, 1], portrait[..., 0, 0] / 3 + portrait[..., 0, 1] * 2 / 3)
+    torch.testing.assert_close(warped[..., 0, 1],
+                               portrait[..., 0, 0] / 3 + portrait[..., 0, 1] * 2 / 3)
     assert warped[..., 9, :].abs().sum() > 0  # row 9 -> 6: the last input row, inside
 
 

@@ -111,30 +111,31 @@ def bench_eval(args) -> None:
     from grpose.data import SyntheticPoseDataset
     from grpose.metrics.evaluate import evaluate_folder
     from grpose.metrics.report import image_name
-    folder = tempfile.mkdtemp(prefix="bench_eval_")
-    torch.manual_seed(0)
-    load, load_state = torch.load, tf_inception.FeatureExtractorInceptionV3.load_state_dict
-    try:  # a random Inception: skip torch-fidelity's download of its weights
-        torch.load = lambda *a, **k: None
-        tf_inception.FeatureExtractorInceptionV3.load_state_dict = lambda *a: None
-        inception = tf_inception.FeatureExtractorInceptionV3("x", ["2048"], "unused")
-    finally:
-        torch.load, tf_inception.FeatureExtractorInceptionV3.load_state_dict = load, load_state
-    torch.save(inception.state_dict(), f"{folder}/inception.pth")
-    torch.save(open_clip.create_model("ViT-B-16").state_dict(), f"{folder}/clip.pt")
-    data = SyntheticPoseDataset(args.images, seed=0, split="val", resolution=512)
-    rng = np.random.default_rng(0)
-    for i in range(len(data)):
-        Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(
-            f"{folder}/{image_name(data[i].meta)}.png")
-    det = HigherHRNetDetector(network=random_detector_network(), device=args.device)
-    start = time.perf_counter()
-    results = evaluate_folder(folder, data, det, f"{folder}/inception.pth", f"{folder}/clip.pt",
-                              "ViT-B-16", batch_size=16)
-    sec = time.perf_counter() - start
-    print(f"make eval, {args.images} images at 512^2 on {args.device}, AP/CAP/PCE + FID/FID-64/"
-          f"KID + CLIP: {sec:.0f} s ({sec / args.images * 100:.0f} s per 100 images); "
-          f"metrics {sorted(results['mean'])}")
+    with tempfile.TemporaryDirectory(prefix="bench_eval_") as folder:
+        torch.manual_seed(0)
+        load, load_state = torch.load, tf_inception.FeatureExtractorInceptionV3.load_state_dict
+        try:  # a random Inception: skip torch-fidelity's download of its weights
+            torch.load = lambda *a, **k: None
+            tf_inception.FeatureExtractorInceptionV3.load_state_dict = lambda *a: None
+            inception = tf_inception.FeatureExtractorInceptionV3("x", ["2048"], "unused")
+        finally:
+            torch.load, tf_inception.FeatureExtractorInceptionV3.load_state_dict = load, load_state
+        torch.save(inception.state_dict(), f"{folder}/inception.pth")
+        torch.save(open_clip.create_model("ViT-B-16").state_dict(), f"{folder}/clip.pt")
+        data = SyntheticPoseDataset(args.images, seed=0, split="val", resolution=512)
+        rng = np.random.default_rng(0)
+        for i in range(len(data)):
+            Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(
+                f"{folder}/{image_name(data[i].meta)}.png")
+        det = HigherHRNetDetector(network=random_detector_network(), device=args.device)
+        start = time.perf_counter()
+        results = evaluate_folder(folder, data, det, f"{folder}/inception.pth",
+                                  f"{folder}/clip.pt", "ViT-B-16", batch_size=16)
+        sec = time.perf_counter() - start
+        print(f"make eval, {args.images} images at 512^2 on {args.device}, AP/CAP/PCE + "
+              f"FID/FID-64/KID + CLIP: {sec:.0f} s "
+              f"({sec / args.images * 100:.0f} s per 100 images); "
+              f"metrics {sorted(results['mean'])}")
 
 
 def bench_perception(args) -> None:

@@ -86,8 +86,8 @@ def mmpose_state_dict(path: str, expected: dict[str, torch.Tensor]) -> dict[str,
     if missing or unexpected or wrong:
         def some(keys):
             return ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
-        problems = [f"{name}: {some(keys)}" for name, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("misshapen", wrong)) if keys]
+        named = (("missing", missing), ("unexpected", unexpected), ("misshapen", wrong))
+        problems = [f"{name}: {some(keys)}" for name, keys in named if keys]
         raise ValueError(f"mmpose checkpoint {path} is not HigherHRNet-W48 (AE): "
                          + "; ".join(problems))
     return state
