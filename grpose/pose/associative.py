@@ -56,9 +56,9 @@ def group_by_tag(values: np.ndarray, locs: np.ndarray, tag_k: np.ndarray,
 
     A person is keyed by the first tag value of the joint that started it (two people with the
     same key merge, as in mmpose). Candidates of each joint above `detection_threshold` are
-    matched to the first `max_people` people (mean tag so far) with the cost
-    `round(distance) * 100 - value`; a match under `tag_threshold` joins, any other candidate
-    starts a person."""
+    matched to every person so far (mean tag; only the first `max_people`, and no more people
+    kept, with `ignore_too_much`) with the cost `round(distance) * 100 - value`; a match under
+    `tag_threshold` joins, any other candidate starts a person."""
     num_joints, t = values.shape[0], tag_k.shape[-1]
     empty = np.zeros((num_joints, 3 + t), dtype=np.float32)
     people: dict = {}
@@ -77,9 +77,7 @@ def group_by_tag(values: np.ndarray, locs: np.ndarray, tag_k: np.ndarray,
                 people.setdefault(tag[0], empty.copy())[joint] = row
                 person_tags[tag[0]] = [tag]
             continue
-        keys = list(people)[:max_people]
-        if ignore_too_much and len(keys) == max_people:
-            continue
+        keys = list(people)[:max_people] if ignore_too_much else list(people)
         means = np.array([np.mean(person_tags[key], axis=0) for key in keys])  # (m, T)
         distance = np.linalg.norm(joints[:, None, 3:] - means[None], ord=2, axis=2)  # (n, m)
         cost = np.round(distance) * 100 - joints[:, 2:3]
@@ -93,17 +91,17 @@ def group_by_tag(values: np.ndarray, locs: np.ndarray, tag_k: np.ndarray,
             else:
                 people.setdefault(tags[row][0], empty.copy())[joint] = joints[row]
                 person_tags[tags[row][0]] = [tags[row]]
-    grouped = np.array(list(people.values()), dtype=np.float32)
-    return grouped.reshape(-1, num_joints, 3 + t)
+    kept = list(people.values())[:max_people] if ignore_too_much else list(people.values())
+    return np.array(kept, dtype=np.float32).reshape(-1, num_joints, 3 + t)
 
 
 def log_blurred(heatmaps: np.ndarray) -> np.ndarray:
     """log(clip(3x3 Gaussian blur, 0.001, 50)) of `(J, h, w)` maps: the [1, 2, 1] / 4 kernel
-    (OpenCV's for size 3, sigma 0) with reflect-101 borders, in float32."""
+    (OpenCV's for size 3, sigma 0) with reflect-101 borders, rows then columns, in float32."""
     x = np.pad(np.asarray(heatmaps, dtype=np.float32), ((0, 0), (0, 0), (1, 1)), mode="reflect")
-    x = 0.25 * x[..., :-2] + 0.5 * x[..., 1:-1] + 0.25 * x[..., 2:]
+    x = 0.5 * x[..., 1:-1] + 0.25 * (x[..., :-2] + x[..., 2:])  # OpenCV's order: bit-equal
     x = np.pad(x, ((0, 0), (1, 1), (0, 0)), mode="reflect")
-    x = 0.25 * x[:, :-2] + 0.5 * x[:, 1:-1] + 0.25 * x[:, 2:]
+    x = 0.5 * x[:, 1:-1] + 0.25 * (x[:, :-2] + x[:, 2:])
     return np.log(np.clip(x, 0.001, 50))
 
 
@@ -178,7 +176,8 @@ def decode_associative(heatmaps, tags, image_size: tuple[int, int], max_people: 
         heatmaps: `(J, h, w)` aggregated heatmaps (stride `heatmap_stride` of the network input).
         tags: `(J, h, w, T)` tags at the same size (T = 2 with flip test).
         image_size: `(H, W)` of the input image: keypoints come back in its pixels.
-        max_people: candidates per joint (top-k) and people considered for each match.
+        max_people: candidates per joint (top-k); with `ignore_too_much`, also the people
+            matched and kept (mmpose's `max_num_people`).
         dark_in_place: mmpose's CPU behaviour: the dark adjust overwrites the heatmaps with
             their log-blur, which refine then reads (and fills almost nothing); False: its CUDA
             behaviour (refine reads the aggregated heatmaps).
