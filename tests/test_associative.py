@@ -168,3 +168,21 @@ def test_bench_detector_reports_network_and_grouping(capsys):
     assert "images/s" in out and out.count("grouping (CPU)") == 4
     for n in (1, 3, 10):
         assert f"{n} drawn people" in out and f"{n} people found" in out
+
+
+def test_every_person_is_matched_unless_ignore_too_much():
+    """mmpose 0.29 matches each joint's candidates against every person so far (no cap);
+    `ignore_too_much` restricts the match to the first 30 and keeps only those."""
+    hm, tg = maps(64, 64)
+    for k in range(30):  # joint 0: people 0-29; joint 1: people 30-59 (tags far from all)
+        x, y = 3 + 6 * (k % 10), 3 + 6 * (k // 10)
+        put(hm, tg, 0, x, y, 0.5, 10.0 * k)
+        put(hm, tg, 1, x, y, 0.5, 10.0 * (k + 30))
+    put(hm, tg, 2, 30, 40, 0.9, 10.0 * 45)  # joint 2: the tag of person 45
+    kp, _ = decode_associative(hm, tg, (128, 128), refine=False, adjust=False)
+    assert len(kp) == 60
+    owner = kp[kp[:, 2, 2] > 0]
+    assert len(owner) == 1 and owner[0, 1, 2] == pytest.approx(0.5) and owner[0, 0, 2] == 0
+    kp, _ = decode_associative(hm, tg, (128, 128), refine=False, adjust=False,
+                               ignore_too_much=True)
+    assert len(kp) == 30 and not (kp[:, 2, 2] > 0).any()
