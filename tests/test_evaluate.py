@@ -78,9 +78,15 @@ def test_command_line_as_make_eval_gives_it(tmp_path):
     config = tmp_path / "eval.yaml"
     config.write_text("data:\n  class_path: grpose.data.SyntheticPoseDataset\n  init_args: "
                       "{num_samples: 2, seed: 3, split: val, resolution: 48}\n")
+    with pytest.raises(ValueError, match="nothing to compute"):  # no detector, no weights
+        cli(["--config", str(config), "--images", str(gen), f"--out={tmp_path / 'out'}"])
+    detector = ["--detector.class_path=test_evaluate.LookupDetector", "--detector.table={}"]
     res = cli(["--config", str(config), "--images", str(gen), "--data.init_args.num_samples=4",
-               f"--out={tmp_path / 'out'}"])
+               *detector, f"--out={tmp_path / 'out'}"])
     assert res["num_images"] == 4 and (tmp_path / "out" / "results.json").is_file()
+    with pytest.raises(DataError, match=r"empty: none of the 4 items' generated images is here"):
+        cli(["--config", str(config), "--images", str(tmp_path / "empty"), *detector,
+             "--data.init_args.num_samples=4", "--on_missing=skip"])
 
 
 def test_detections_that_miss_lower_ap(tmp_path):

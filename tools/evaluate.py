@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 
 from jsonargparse import CLI
-from torch.utils.data import Dataset
 
+from grpose.data.base import PoseDataset
 from grpose.metrics.evaluate import evaluate_folder, markdown_table, write_results
 from grpose.pose.detector import PoseDetector
 
 
-def main(images: str, data: Dataset, detector: PoseDetector | None = None,
+def main(images: str, data: PoseDataset, detector: PoseDetector | None = None,
          inception_weights: str | None = None, clip_weights: str | None = None,
          clip_arch: str = "ViT-B-16", legacy: bool = False, batch_size: int = 16,
          kid_subset_size: int = 200, on_missing: str = "raise", out: str = "runs/eval") -> dict:
@@ -27,7 +27,7 @@ def main(images: str, data: Dataset, detector: PoseDetector | None = None,
     Args:
         images: folder of generated images named `<id>.png`.
         data: the dataset whose items were generated (e.g. grpose.data.HumanArtDataset).
-        detector: pose detector for AP / CAP / PCE (e.g. grpose.pose.NetworkDetector).
+        detector: pose detector for AP / CAP / PCE (e.g. grpose.pose.HigherHRNetDetector).
         inception_weights: local Inception-v3 weights file for FID / FID-64 / KID.
         clip_weights: local open_clip weights file for the CLIP score.
         clip_arch: open_clip architecture of those weights.

@@ -61,6 +61,9 @@ def evaluate_folder(images: str, data: Dataset, detector: PoseDetector | None = 
     """
     if on_missing not in ("raise", "skip"):
         raise ValueError(f"on_missing must be 'raise' or 'skip', got {on_missing!r}")
+    if detector is None and not inception_weights and not clip_weights:
+        raise ValueError("nothing to compute: give a detector (AP / CAP / PCE), "
+                         "inception_weights (FID / KID) or clip_weights (CLIP score)")
     extractor = InceptionV3Features(inception_weights) if inception_weights else None
     clip = load_open_clip(clip_weights, clip_arch) if clip_weights else None
 
@@ -82,6 +85,10 @@ def evaluate_folder(images: str, data: Dataset, detector: PoseDetector | None = 
             log.warning("no generated image for item %s", item.meta["id"])
             continue
         by_scenario[item.meta["scenario"]].append((item, gen))
+    if not by_scenario:
+        raise DataError(images, f"none of the {len(data)} items' generated images is here "
+                        f"(named <id>.png, e.g. {image_name(data[0].meta) if len(data) else '?'}"
+                        ".png)", "missing image")
     pooled = PoseAccuracy(legacy=legacy) if detector is not None else None
     per_scenario = {}
     for scenario in sorted(by_scenario):
