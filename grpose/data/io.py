@@ -255,6 +255,7 @@ def read_torch_file(path, what: str = "checkpoint"):
     except Exception as e:  # noqa: BLE001
         unsafe = re.search(r"WeightsUnpickler error:\s*(.*?)(?: Please|\n|$)", str(e))
         reason = unsafe.group(1) if unsafe else (str(e).strip().splitlines() or [repr(e)])[0]
-        if not is_zip and not unsafe:
-            reason = f"not a torch.save file, or truncated ({reason})"
+        if not is_zip:  # a legacy (pre-zip) file, another format, or a truncated one
+            reason = (f"not a torch.save zip archive, and as a legacy torch file: {reason} "
+                      "(truncated, another format, or objects that are not weights)")
         raise ValueError(f"{what} {path}: unreadable with weights_only=True: {reason}") from e

@@ -45,7 +45,8 @@ class HigherHRNetDetector(PoseDetector):
             nothing); False its CUDA behaviour (Stable-Pose's and GRPose's runs).
         legacy_input: the papers' scripts' input: the image x255 truncated to uint8 and its RGB
             read as BGR; False feeds the network RGB as it was trained.
-        device: where the network runs (None: where the images are).
+        device: where the network runs (None: where the images are; "auto": CUDA if there is
+            one, else the CPU); the people come back on the images' device.
         dtype: the network's precision ("float32", "bfloat16", "float16").
         network: a `HigherHRNet` instead of `checkpoint`.
     """
@@ -61,6 +62,8 @@ class HigherHRNetDetector(PoseDetector):
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.network = (network or HigherHRNet.from_mmpose(checkpoint)).eval()
         self.network.requires_grad_(False).to(DTYPES[dtype])
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = None if device is None else torch.device(device)
         if self.device is not None:
             self.network.to(self.device)
