@@ -93,6 +93,13 @@ def mmpose_state_dict(path: str, expected: dict[str, torch.Tensor]) -> dict[str,
     return state
 
 
+def average_stages(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """The stride-4 heatmaps (`low`'s first 17 channels) upsampled (bilinear, corners aligned)
+    and averaged with the stride-2 ones: `(B, 17, H/2, W/2)`, mmpose's stage aggregation."""
+    return (F.interpolate(low[:, :NUM_JOINTS], size=high.shape[-2:], mode="bilinear",
+                          align_corners=True) + high) / 2
+
+
 class HigherHRNetMaps(nn.Module):
     """HigherHRNet as a differentiable pose network for the perception loss and RePoseDM's
     guidance: images `(B, 3, H, W)` in [-1, 1] -> `{"heatmaps": (B, 17, H/2, W/2)` (the two
@@ -118,7 +125,5 @@ class HigherHRNetMaps(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = ((images + 1) / 2 - self.mean.to(images.dtype)) / self.std.to(images.dtype)
         feature = self.network.features(x)
-        low, high = self.network.keypoint_head(feature)
-        heatmaps = (F.interpolate(low[:, :NUM_JOINTS], size=high.shape[-2:], mode="bilinear",
-                                  align_corners=True) + high) / 2
-        return {"heatmaps": heatmaps, "features": feature}
+        return {"heatmaps": average_stages(*self.network.keypoint_head(feature)),
+                "features": feature}

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from grpose.data.skeletons import COCO17_FLIP, NUM_JOINTS
 from grpose.pose.associative import decode_associative, udp_input_size
 from grpose.pose.detector import PoseDetector
-from grpose.pose.higherhrnet import IMAGENET_MEAN, IMAGENET_STD, HigherHRNet
+from grpose.pose.higherhrnet import IMAGENET_MEAN, IMAGENET_STD, HigherHRNet, average_stages
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -96,9 +96,7 @@ class HigherHRNetDetector(PoseDetector):
             flip = torch.as_tensor(COCO17_FLIP, device=x.device)
             views.append((low[len(x):].flip(-1)[:, torch.cat([flip, flip + NUM_JOINTS])],
                           high[len(x):].flip(-1)[:, flip]))
-        heatmaps = [(F.interpolate(lo[:, :NUM_JOINTS], size=size, mode="bilinear",
-                                   align_corners=True) + hi) / 2 for lo, hi in views]
-        heatmaps = sum(heatmaps) / len(heatmaps)
+        heatmaps = sum(average_stages(lo, hi) for lo, hi in views) / len(views)
         tags = torch.stack([F.interpolate(lo[:, NUM_JOINTS:], size=size, mode="bilinear",
                                           align_corners=True) for lo, _ in views], -1)
         return heatmaps, tags
