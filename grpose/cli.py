@@ -96,7 +96,8 @@ class GRPoseCLI(LightningCLI):
     """
 
     def init_parser(self, **kwargs):
-        return super().init_parser(**{**kwargs, "exit_on_error": False})  # errors: one line
+        # errors: one line; an option is spelt whole (argparse would take `--trainer.max_step`)
+        return super().init_parser(**{**kwargs, "exit_on_error": False, "allow_abbrev": False})
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(GenerationWriter, "predict_writer")

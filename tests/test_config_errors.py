@@ -81,3 +81,9 @@ def test_module_checks_its_data_in_setup(tmp_path, tiny_parts):
     with pytest.raises(ValueError, match="expects 'openpose' renders"):
         model.check_data(PoseDataModule(train=SyntheticPoseDataset(4, resolution=64)))
     model.check_data(PoseDataModule(train=SyntheticPoseDataset(4, pose_style="openpose")))
+
+
+def test_an_abbreviated_option_is_refused():
+    """argparse would read `--trainer.max_step` as `--trainer.max_steps`: a typo must not pass."""
+    assert cli_error(*TINY, "--trainer.max_step=3") == (
+        "error: unrecognized arguments: --trainer.max_step=3")
