@@ -30,7 +30,7 @@ def cli_args(root, *extra):
             "--model.init_args.num_inference_steps=2", *extra]
 
 
-def test_fit_reload_resume_predict(tmp_path):
+def test_fit_reload_resume_predict(tmp_path, capsys):
     cli = main(cli_args(tmp_path, "--trainer.max_steps=2"))
     assert cli.trainer.global_step == 2
     ckpt = os.path.join(cli.trainer.log_dir, "checkpoints", "last.ckpt")
@@ -51,6 +51,7 @@ def test_fit_reload_resume_predict(tmp_path):
     assert predicted.model.hparams.num_inference_steps == 1  # not the checkpoint's 2
     names = sorted(os.listdir(out))
     assert names == ["grid_0_00000.png", "validation_000000.png", "validation_000001.png"]
+    assert f"predict: 2 images written to {out}" in capsys.readouterr().out  # where they went
 
 
 def test_ddp_spawn_two_cpu_processes(tmp_path, tiny_parts):

@@ -462,3 +462,12 @@ def test_sd15_shaped_text_encoder_and_release_import_end_to_end(tmp_path):
         plain = unet(x, t, encoder_hidden_states=text).sample
     assert eps.shape == (1, 4, 16, 16) and torch.isfinite(eps).all()
     assert not torch.allclose(eps, plain)  # the imported zero convs are not zero
+
+
+def test_an_unknown_method_name_is_one_value_error(tmp_path):
+    from grpose.methods import load_method
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "method.json").write_text('{"name": "grpose_v2", "settings": {}}')
+    (tmp_path / "m" / "method.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"unknown method 'grpose_v2'; registered: \['controlnet'"):
+        load_method(str(tmp_path / "m"))

@@ -63,6 +63,16 @@ class GenerationWriter(BasePredictionWriter):
     def __init__(self, out_dir: str, grid: bool = True):
         super().__init__(write_interval="batch")
         self.out_dir, self.grid = out_dir, grid
+        self.written = 0
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.written = 0
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:  # where the images went: the user's next command needs it
+            share = "" if trainer.world_size == 1 else f" by process 0 of {trainer.world_size}"
+            print(f"predict: {self.written} images written{share} to "
+                  f"{os.path.abspath(self.out_dir)}", flush=True)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx):
@@ -70,6 +80,7 @@ class GenerationWriter(BasePredictionWriter):
         images = prediction["images"]
         for img, meta in zip(to_uint8(images), prediction["batch"].meta):
             Image.fromarray(img).save(os.path.join(self.out_dir, f"{image_name(meta)}.png"))
+            self.written += 1
         if self.grid:
             grid = pose_grid(prediction["batch"], images)
             arr = (grid * 255).round().byte().permute(1, 2, 0).numpy()

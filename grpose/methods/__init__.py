@@ -27,7 +27,7 @@ CLASS_PATHS = {f"grpose.methods.{cls.__name__}": name
 def method_class(name: str) -> type[PoseMethod]:
     """The method class registered as `name`."""
     if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
+        raise ValueError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
     return METHODS[name]
 
 
