@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
 from grpose.callbacks.images import GenerationWriter
 from grpose.diffusion.checkpoint import read_checkpoint
+from grpose.methods import METHODS
 
 PATH_ARGS = ("root", "image_root", "eval_list", "path", "weights", "checkpoint")  # inputs
 STAGES = ("train", "val", "test", "predict")
@@ -153,7 +155,25 @@ class GRPoseCLI(LightningCLI):
                 raise ConfigError(str(e)) from None
 
 
+def registry_names(args: list[str]) -> list[str]:
+    """`--model.init_args.method=grpose_skeleton` (a registry name, as the README and the
+    configs' file names call methods) -> the method's class path."""
+    args = list(args)
+    for k, arg in enumerate(args):
+        key, eq, value = arg.partition("=")
+        if key != "--model.init_args.method":
+            continue
+        at = k if eq else k + 1
+        name = value if eq else (args[at] if at < len(args) else None)
+        if name in METHODS:
+            path = f"grpose.methods.{METHODS[name].__name__}"
+            args[at] = f"{key}={path}" if eq else path
+    return args
+
+
 def main(args=None, run: bool = True) -> GRPoseCLI:
+    if args is None or isinstance(args, (list, tuple)):
+        args = registry_names(sys.argv[1:] if args is None else args)
     try:
         return GRPoseCLI(subclass_mode_model=True, subclass_mode_data=True,
                          parser_kwargs={"parser_mode": "omegaconf"},

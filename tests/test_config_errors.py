@@ -4,6 +4,7 @@ import copy
 
 import lightning as L
 import pytest
+import yaml
 
 from grpose.cli import main
 from grpose.data import PoseDataModule, SyntheticPoseDataset
@@ -87,3 +88,15 @@ def test_an_abbreviated_option_is_refused():
     """argparse would read `--trainer.max_step` as `--trainer.max_steps`: a typo must not pass."""
     assert cli_error(*TINY, "--trainer.max_step=3") == (
         "error: unrecognized arguments: --trainer.max_step=3")
+
+
+@pytest.mark.parametrize("form", ["=", " "])
+def test_a_method_chosen_by_its_registry_name(capsys, form):
+    base = compose("trainer/cpu", "base/tiny", "data/synthetic_tiny")
+    choice = (["--model.init_args.method=controlnet"] if form == "=" else
+              ["--model.init_args.method", "controlnet"])
+    with pytest.raises(SystemExit) as e:
+        main(["fit", *base, *choice, "--print_config"])
+    assert e.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["init_args"]["method"]["class_path"] == "grpose.methods.ControlNet"
