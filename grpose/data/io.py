@@ -229,9 +229,24 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 
 def _numpy_globals() -> list:
-    """numpy scalars and dtypes as checkpoints' metadata holds them (e.g. mmcv's `best_score`)."""
+    """numpy scalars and dtypes as checkpoints' metadata holds them (e.g. mmcv's `best_score`):
+    the pose pickles' numpy globals and the dtype classes."""
     dtypes = [type(np.dtype(t)) for t in ("f2", "f4", "f8", "i4", "i8", "u1", "b1")]
-    return [_multiarray.scalar, _multiarray._reconstruct, np.dtype, np.ndarray, *dtypes]
+    arrays = {v for (module, _), v in _SAFE_GLOBALS.items() if module.startswith("numpy")}
+    return [*arrays, *dtypes]
+
+
+def state_mismatch(state: dict, expected: dict, most: int = 5) -> str:
+    """'' if `state` has exactly `expected`'s tensor names and shapes, else what differs:
+    `missing: ...; unexpected: ...; misshapen: name (shape) (expected (shape))`."""
+    named = (("missing", sorted(set(expected) - set(state))),
+             ("unexpected", sorted(set(state) - set(expected))),
+             ("misshapen", sorted(f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+                                  for k, v in state.items()
+                                  if k in expected and v.shape != expected[k].shape)))
+    return "; ".join(f"{name}: " + ", ".join(keys[:most])
+                     + (f" ... ({len(keys)} in all)" if len(keys) > most else "")
+                     for name, keys in named if keys)
 
 
 def read_torch_file(path, what: str = "checkpoint"):

@@ -5,6 +5,7 @@ import os
 
 from diffusers import ControlNetModel
 
+from grpose.data.io import state_mismatch
 from grpose.methods.encoder import EncoderCopyMethod
 
 
@@ -42,13 +43,10 @@ class ControlNet(EncoderCopyMethod):
         if source.config.controlnet_conditioning_channel_order != "rgb":
             raise ValueError(f"{folder}: conditioning channel order "
                              f"{source.config.controlnet_conditioning_channel_order!r}, not rgb")
-        state, ours = source.state_dict(), net.state_dict()
-        wrong = [f"{k} {tuple(v.shape)} (ours {tuple(ours[k].shape)})"
-                 for k, v in state.items() if k in ours and v.shape != ours[k].shape]
-        missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
-        if wrong or missing or unexpected:
-            raise ValueError(f"{folder}: does not fit this ControlNet (missing {missing[:8]}, "
-                             f"unexpected {unexpected[:8]}, shape mismatches {wrong[:8]})")
+        state = source.state_dict()
+        problems = state_mismatch(state, net.state_dict(), most=8)
+        if problems:
+            raise ValueError(f"{folder}: does not fit this ControlNet ({problems})")
         net.load_state_dict(state)
 
     def _require_attached(self) -> ControlNetModel:

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from grpose.data.io import state_mismatch
 from grpose.methods.base import PoseMethod
 
 WEIGHTS, SPEC = "method.safetensors", "method.json"
@@ -75,13 +76,9 @@ def load_method_weights(method: PoseMethod, folder: str) -> None:
         raise ValueError(f"{folder}: exported {spec['name']!r} does not match {name!r} "
                          f"(settings here, exported: {differ})")
     state = load_file(os.path.join(folder, WEIGHTS))
-    ours = method.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(ours[k].shape)})" for k, v in state.items()
-             if k in ours and v.shape != ours[k].shape]
-    missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
-    if wrong or missing or unexpected:
-        raise ValueError(f"{folder}/{WEIGHTS}: missing {missing[:8]}, unexpected "
-                         f"{unexpected[:8]}, shape mismatches {wrong[:8]}")
+    problems = state_mismatch(state, method.state_dict(), most=8)
+    if problems:
+        raise ValueError(f"{folder}/{WEIGHTS}: {problems}")
     method.load_state_dict(state)
 
 

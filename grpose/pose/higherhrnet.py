@@ -13,7 +13,7 @@ from timm import create_model
 from timm.models.resnet import BasicBlock
 from torch import nn
 
-from grpose.data.io import read_torch_file
+from grpose.data.io import read_torch_file, state_mismatch
 from grpose.data.skeletons import NUM_JOINTS
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -79,17 +79,9 @@ def mmpose_state_dict(path: str, expected: dict[str, torch.Tensor]) -> dict[str,
         raise ValueError(f"mmpose checkpoint {path}: no state dict of tensors (a bare one or "
                          "under 'state_dict')")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-                   for k, v in state.items() if k in expected and v.shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        def some(keys):
-            return ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
-        named = (("missing", missing), ("unexpected", unexpected), ("misshapen", wrong))
-        problems = [f"{name}: {some(keys)}" for name, keys in named if keys]
-        raise ValueError(f"mmpose checkpoint {path} is not HigherHRNet-W48 (AE): "
-                         + "; ".join(problems))
+    problems = state_mismatch(state, expected)
+    if problems:
+        raise ValueError(f"mmpose checkpoint {path} is not HigherHRNet-W48 (AE): {problems}")
     return state
 
 
