@@ -5,8 +5,12 @@ from grpose.data.datamodule import PoseDataModule
 from grpose.data.humanart import HumanArtDataset
 from grpose.data.io import DataError
 from grpose.data.laion_human import LaionHumanDataset
+from grpose.data.pairs import PairBatch, PairSample, collate_pair_samples
 from grpose.data.sampler import ResumableSampler
 from grpose.data.synthetic import SyntheticPoseDataset
+from grpose.data.synthetic_pairs import SyntheticPairs
 
-__all__ = ["DataError", "HumanArtDataset", "LaionHumanDataset", "PoseBatch", "PoseCondition", "PoseDataModule",
-           "PoseSample", "ResumableSampler", "SyntheticPoseDataset", "collate_pose_samples"]
+__all__ = ["DataError", "HumanArtDataset", "LaionHumanDataset", "PairBatch", "PairSample",
+           "PoseBatch", "PoseCondition", "PoseDataModule", "PoseSample", "ResumableSampler",
+           "SyntheticPairs", "SyntheticPoseDataset", "collate_pair_samples",
+           "collate_pose_samples"]

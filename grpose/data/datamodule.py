@@ -15,9 +15,14 @@ from grpose.data.sampler import ResumableSampler
 log = logging.getLogger(__name__)
 
 
+def _collate(dataset: Dataset):
+    return getattr(dataset, "collate_fn", collate_pose_samples)
+
+
 class PoseDataModule(L.LightningDataModule):
     """Serves injected datasets (`HumanArtDataset`, `LaionHumanDataset`, `SyntheticPoseDataset`,
-    chosen by `class_path` in YAML) as `PoseBatch`es with people padded per batch.
+    chosen by `class_path` in YAML) as `PoseBatch`es with people padded per batch; a dataset
+    with its own `collate_fn` (the pose-transfer pairs: `PairBatch`) is collated with that.
 
     Args:
         train / val / test / predict: the dataset of each stage (None: stage not available;
@@ -52,8 +57,9 @@ class PoseDataModule(L.LightningDataModule):
         return dataset
 
     def _loader(self, stage: str) -> DataLoader:
-        return DataLoader(self._dataset(stage), batch_size=self.eval_batch_size,
-                          num_workers=self.num_workers, collate_fn=collate_pose_samples,
+        dataset = self._dataset(stage)
+        return DataLoader(dataset, batch_size=self.eval_batch_size,
+                          num_workers=self.num_workers, collate_fn=_collate(dataset),
                           pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> StatefulDataLoader:
@@ -66,7 +72,7 @@ class PoseDataModule(L.LightningDataModule):
             warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
             return StatefulDataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
                                       num_workers=self.num_workers, drop_last=True,
-                                      collate_fn=collate_pose_samples, pin_memory=self.pin_memory,
+                                      collate_fn=_collate(dataset), pin_memory=self.pin_memory,
                                       persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
