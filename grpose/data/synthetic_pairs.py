@@ -190,7 +190,9 @@ class SyntheticPairs(Dataset):
                              f"{num_pairs}, {pairs_per_identity}")
         self.split = canonical_split(split)
         train = self.split in TRAIN_SPLITS.values()
-        self.caption_dropout = (0.1 if train else 0.0) if caption_dropout is None else caption_dropout
+        if caption_dropout is None:
+            caption_dropout = 0.1 if train else 0.0
+        self.caption_dropout = caption_dropout
         self.num_pairs, self.seed, self.resolution = num_pairs, seed, resolution
         self.pairs_per_identity, self.pose_style = pairs_per_identity, pose_style
         self.render_scale = render_scale
