@@ -10,7 +10,7 @@ ARGS ?=
 EVAL_CONFIG ?= configs/eval/humanart.yaml
 IMAGES ?= runs/predict
 
-.PHONY: help install lock demo compare test test-all test-gpu train eval bench bench-sample bench-detector clean
+.PHONY: help install lock demo compare test test-all test-gpu train eval bench bench-sample bench-detector gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ bench-sample: install  ## sampling time per image of each method vs ControlNet, 
 
 bench-detector: install  ## the papers' detector: images/s, make eval per 100 images, perception step (ARGS="detector|eval|perception ...")
 	$(PY) tools/bench_detector.py $(or $(ARGS),detector)
+
+gpu-wheels: install  ## download into .whl/ the wheels the lent GPU machine lacks (Python 3.12; ARGS=--no-dgl)
+	$(PY) tools/gpu_wheels.py $(ARGS)
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build *.egg-info .pytest_cache
