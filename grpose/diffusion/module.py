@@ -23,6 +23,7 @@ from grpose.diffusion.guidance import ClassifierFreeGuidance, StepHook
 from grpose.diffusion.losses import DiffusionStep, LossTerm, PoseWeightedMSE
 from grpose.diffusion.optim import adamw_with_schedule, check_schedule
 from grpose.diffusion.sampling import NEGATIVE_PROMPT, initial_latents, sample_latents
+from grpose.diffusion.transfer import check_dropout, drop_conditions, source_condition
 from grpose.methods.base import PoseMethod
 from grpose.methods.weights import load_method_weights
 
@@ -69,6 +70,12 @@ class PoseDiffusionModule(L.LightningModule):
             frozen); on the demo's tiny CPU models a step takes 0.91x the time; it holds every
             training image's posterior in memory, so it is for sets that fit (the demo's), off by
             default.
+        pose_dropout, source_dropout: the fraction of training items whose pose / source person
+            (pose-transfer batches) is switched off, drawn independently per item, so that the
+            sampler can guide over each (`ClassifierFreeGuidance.source_scale`).
+
+    Pose-transfer batches (`grpose.data.pairs.PairBatch`) give the condition a source person
+    (`PoseCondition.with_source`); everything else reads their target side.
 
     Each training item's timestep, noise and VAE posterior sample come from its own generator,
     seeded by (`seed`, global step, the item's dataset index): the same in any batch or number
@@ -88,7 +95,8 @@ class PoseDiffusionModule(L.LightningModule):
                  checkpoint_frozen: bool = False,
                  gradient_checkpointing: bool = False, timestep_sampling: str = "uniform",
                  method_weights: str | None = None, on_nonfinite: str = "raise",
-                 lr_warmup_steps: int = 0, lr_decay: str = "constant", cache_frozen: bool = False):
+                 lr_warmup_steps: int = 0, lr_decay: str = "constant", cache_frozen: bool = False,
+                 pose_dropout: float = 0.0, source_dropout: float = 0.0):
         super().__init__()
         self._save_hparams()
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
@@ -108,6 +116,8 @@ class PoseDiffusionModule(L.LightningModule):
         if on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
         check_schedule(lr_warmup_steps, lr_decay)
+        check_dropout("pose_dropout", pose_dropout)
+        check_dropout("source_dropout", source_dropout)
         self.skipped_nonfinite, self._skip_step = 0, False
         unknown = set(self.trainable) - {"method", *FROZEN}
         if unknown:
@@ -237,8 +247,10 @@ class PoseDiffusionModule(L.LightningModule):
         return image_size[0] // self.vae_factor, image_size[1] // self.vae_factor
 
     def condition(self, batch: PoseBatch) -> PoseCondition:
-        """The batch's pose condition, masks on the latent grid."""
-        return PoseCondition.from_batch(batch, self.latent_size(batch.pose_image.shape[-2:]))
+        """The batch's pose condition, masks on the latent grid (and the source person of a
+        pose-transfer batch)."""
+        cond = PoseCondition.from_batch(batch, self.latent_size(batch.pose_image.shape[-2:]))
+        return source_condition(cond, batch, self.encode_images)
 
     def predict_eps(self, noisy_latents, timesteps, text_states, cond: PoseCondition,
                     scale: float = 1.0) -> torch.Tensor:
@@ -266,6 +278,9 @@ class PoseDiffusionModule(L.LightningModule):
         t = self.sample_timesteps(len(batch), latents.device, u)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         cond = self.condition(batch)
+        if self.training:
+            cond = drop_conditions(cond, batch.meta, self.hparams.seed, stream,
+                                   self.hparams.pose_dropout, self.hparams.source_dropout)
         text = self.encode_text(batch.captions)
         eps_pred = self.predict_eps(noisy, t, text, cond)
         step = DiffusionStep(batch, cond, latents, noise, noisy, t, eps_pred, self.alphas_cumprod,
@@ -340,23 +355,30 @@ class PoseDiffusionModule(L.LightningModule):
         return sampling_seeds(batch.meta, self.hparams.seed)
 
     def generate(self, batch: PoseBatch, seeds: list[int] | None = None,
-                 scale: float | None = None, progress: bool = False) -> torch.Tensor:
+                 scale: float | None = None, progress: bool = False,
+                 num_inference_steps: int | None = None,
+                 guidance: ClassifierFreeGuidance | None = None,
+                 negative_prompt: str | None = None) -> torch.Tensor:
         """Images `(B, 3, H, W)` in [-1, 1] for the batch's poses and captions (DDIM + CFG);
-        `scale` overrides the `conditioning_scale` setting."""
+        `scale`, `num_inference_steps`, `guidance` and `negative_prompt` override this call's
+        settings (`conditioning_scale`, ...)."""
         hp = self.hparams
         scale = hp.conditioning_scale if scale is None else scale
+        steps = hp.num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance = self.guidance if guidance is None else guidance
+        negative_prompt = hp.negative_prompt if negative_prompt is None else negative_prompt
         seeds = self.seeds_for(batch) if seeds is None else seeds
         cond = self.condition(batch)
         shape = (self.vae.config.latent_channels, *cond.fine_mask.shape[-2:])
         latents = initial_latents(seeds, shape, self.device, batch.pose_image.dtype)
         with torch.no_grad():
             text = self.encode_text(batch.captions)
-            negative = self.encode_text([hp.negative_prompt] * len(batch))
+            negative = self.encode_text([negative_prompt] * len(batch))
 
         def eps_fn(x, t, states, c):
             return self.predict_eps(x, t, states, c, scale)
         latents = sample_latents(eps_fn, self.sampler, text, negative, cond, latents,
-                                 self.guidance, hp.num_inference_steps, hp.eta,
+                                 guidance, steps, hp.eta,
                                  self.sampling_hooks, self.method.prepare, progress,
                                  decode=lambda z: self.vae.decode(z / hp.latent_scale).sample)
         with torch.no_grad():

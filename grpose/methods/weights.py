@@ -6,7 +6,8 @@ import json
 import os
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from grpose.data.io import state_mismatch
@@ -14,6 +15,9 @@ from grpose.methods.base import PoseMethod
 
 WEIGHTS, SPEC = "method.safetensors", "method.json"
 RUNTIME_SETTINGS = ("gradient_checkpointing",)  # may differ between the export and its user
+# Paths of files a method reads when built, whose content its state dict holds (KB-DMGen's
+# knowledge base, as buffers): the weights are compared, not the path.
+FILE_SETTINGS = ("knowledge_base",)
 
 
 def registry_name(method: PoseMethod) -> str:
@@ -36,7 +40,10 @@ def save_method(method: PoseMethod, folder: str) -> None:
                          f"({err})") from err
     os.makedirs(folder, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in method.state_dict().items()}
-    save_file(state, os.path.join(folder, WEIGHTS), metadata={"name": spec["name"]})
+    # Written through open() so that the file takes the user's umask (safetensors' own
+    # `save_file` creates it 0600).
+    with open(os.path.join(folder, WEIGHTS), "wb") as f:
+        f.write(safetensors_bytes(state, metadata={"name": spec["name"]}))
     with open(os.path.join(folder, SPEC), "w") as f:
         f.write(text + "\n")
 
@@ -54,11 +61,19 @@ def read_spec(folder: str) -> dict:
 
 
 def load_method(folder: str, unet: nn.Module | None = None) -> PoseMethod:
-    """The exported method of `folder`, built from its settings; with `unet`, attached to it and
-    holding the exported weights (without, `load_method_weights` after `attach` loads them)."""
+    """The exported method of `folder` (or of a bundle, `grpose.pipeline`), built from its
+    settings; with `unet`, attached to it and holding the exported weights (without,
+    `load_method_weights` after `attach` loads them). A relative file setting
+    (`FILE_SETTINGS`) naming a file inside `folder` is read from there (a bundle's copy)."""
     from grpose.methods import method_class
     spec = read_spec(folder)
-    method = method_class(spec["name"])(**spec["settings"])
+    settings = dict(spec["settings"])
+    for key in FILE_SETTINGS:
+        value = settings.get(key)
+        if (isinstance(value, str) and not os.path.isabs(value)
+                and os.path.isfile(os.path.join(folder, value))):
+            settings[key] = os.path.join(folder, value)
+    method = method_class(spec["name"])(**settings)
     if unet is not None:
         method.attach(unet)
         load_method_weights(method, folder)
@@ -71,7 +86,8 @@ def load_method_weights(method: PoseMethod, folder: str) -> None:
     spec = read_spec(folder)
     name = registry_name(method)
     differ = {k: (v, spec["settings"].get(k)) for k, v in method.settings.items()
-              if k not in RUNTIME_SETTINGS and _plain(v) != _plain(spec["settings"].get(k))}
+              if k not in RUNTIME_SETTINGS + FILE_SETTINGS
+              and _plain(v) != _plain(spec["settings"].get(k))}
     if spec["name"] != name or differ:
         raise ValueError(f"{folder}: exported {spec['name']!r} does not match {name!r} "
                          f"(settings here, exported: {differ})")

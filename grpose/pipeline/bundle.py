@@ -1,0 +1,242 @@
+"""A trained model as one self-contained folder (a bundle), written and read back.
+
+    bundle/
+      bundle.json          format, name, the base's parts, latent scale, render, sampler, detector
+      method.safetensors   the method's export (`grpose.methods.save_method`): `load_method` and
+      method.json          `--model.init_args.method_weights` read a bundle as they read an export
+      unet.safetensors     only for methods that train the UNet (HumanSD): its whole state dict
+      unet/ vae/ ...       the base's own weights when it has no folder elsewhere (the tiny base)
+
+The base's parts (`unet`, `vae`, `text_encoder`, and an optional pose `detector`) are
+`class_path` / `init_args` specs, as in the configs (grpose classes only); their relative file
+paths (`path`, `weights`, `checkpoint`, `config`) are read from the bundle's folder, so a bundle
+can be moved. An SD 1.5 base is a spec with an absolute path to its local diffusers folder.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from grpose.data.io import state_mismatch
+from grpose.diffusion.components import noise_scheduler
+from grpose.diffusion.guidance import ClassifierFreeGuidance
+from grpose.diffusion.module import PoseDiffusionModule
+from grpose.methods.weights import FILE_SETTINGS, SPEC, load_method, read_spec, save_method
+
+BUNDLE, FORMAT = "bundle.json", "grpose-bundle/1"
+TRAINED_UNET = "unet.safetensors"
+PARTS = ("unet", "vae", "text_encoder")
+PATH_ARGS = ("path", "weights", "checkpoint", "config")
+
+
+@dataclass
+class RenderSettings:
+    """How the model's pose images were rendered in training (`grpose.data.render.render_pose`)."""
+
+    style: str = "humansd"  # "humansd" or "openpose"
+    scale: float = 1.0  # line widths / joint radii x this (1 = the protocol's, for 512 px)
+    height: int = 512  # the image size the model generates
+    width: int = 512
+
+
+@dataclass
+class SamplerSettings:
+    """The sampling defaults a `PosePipeline` call starts from."""
+
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    pose_scale: float | None = None  # `ClassifierFreeGuidance` options
+    pose_in_unconditional: bool = True
+    negative_prompt: str = ""
+    conditioning_scale: float = 1.0
+    eta: float = 0.0
+    seed: int = 42
+
+    def guidance(self, scale: float | None = None) -> ClassifierFreeGuidance:
+        return ClassifierFreeGuidance(self.guidance_scale if scale is None else scale,
+                                      self.pose_scale, self.pose_in_unconditional)
+
+
+@dataclass
+class Bundle:
+    """A bundle's `bundle.json` as read (`read_bundle`)."""
+
+    folder: str
+    name: str
+    method: str  # its registry name
+    parts: dict  # unet / vae / text_encoder specs
+    latent_scale: float
+    render: RenderSettings
+    sampler: SamplerSettings
+    detector: dict | None = None
+    trained_unet: bool = False
+
+
+def spec(target, **init_args) -> dict:
+    """A `class_path` / `init_args` spec of a grpose class or builder function."""
+    return {"class_path": f"{target.__module__}.{target.__qualname__}", "init_args": init_args}
+
+
+def copy_into(folder: str, source: str, name: str) -> str:
+    """Copy a file or folder into the bundle `folder` as `name`; returns `name` (for a spec)."""
+    target = os.path.join(folder, name)
+    if os.path.isdir(source):
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    elif os.path.isfile(source):
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        shutil.copyfile(source, target)
+    else:
+        raise FileNotFoundError(f"{source}: nothing to copy into the bundle {folder}")
+    return name
+
+
+def write_tensors(state: dict[str, torch.Tensor], path: str) -> None:
+    """A safetensors file created with the user's umask (safetensors' `save_file` makes 0600)."""
+    with open(path, "wb") as f:
+        f.write(safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in state.items()}))
+
+
+def save_text_encoder(encoder: torch.nn.Module, folder: str,
+                      name: str = "text_encoder.safetensors") -> str:
+    """An `OpenCLIPTextEncoder`'s tower as an open_clip state dict in the bundle (its spec then
+    reads it with `weights: <name>`); returns `name`."""
+    write_tensors(encoder.tower.state_dict(), os.path.join(folder, name))
+    return name
+
+
+def save_bundle(folder: str, module: PoseDiffusionModule, parts: dict, render: RenderSettings,
+                name: str | None = None, detector: dict | None = None) -> str:
+    """Write `module`'s method, sampler defaults and latent scale with the base's `parts` specs
+    (files already in `folder` named relative to it: `copy_into`, `save_text_encoder`), the
+    `render` settings and an optional pose `detector` spec, as the bundle `folder`."""
+    missing = [p for p in PARTS if p not in parts]
+    if missing:
+        raise ValueError(f"save_bundle {folder}: no spec for the base's {missing}")
+    os.makedirs(folder, exist_ok=True)
+    save_method(module.method, folder)
+    method_spec = read_spec(folder)
+    for key in FILE_SETTINGS:  # files the method is built from travel with it
+        value = method_spec["settings"].get(key)
+        if isinstance(value, str):
+            method_spec["settings"][key] = copy_into(folder, value, os.path.basename(value))
+    with open(os.path.join(folder, SPEC), "w") as f:
+        f.write(json.dumps(method_spec, indent=2) + "\n")
+    trained_unet = "unet" in module.trainable
+    if trained_unet:
+        write_tensors(module.unet.state_dict(), os.path.join(folder, TRAINED_UNET))
+    hp, guidance = module.hparams, module.guidance
+    sampler = SamplerSettings(hp.num_inference_steps, guidance.scale, guidance.pose_scale,
+                              guidance.pose_in_unconditional, hp.negative_prompt,
+                              hp.conditioning_scale, hp.eta, hp.seed)
+    record = {"format": FORMAT, "name": name or os.path.basename(os.path.normpath(folder)),
+              "method": method_spec["name"], "parts": {p: parts[p] for p in PARTS},
+              "latent_scale": float(hp.latent_scale), "render": asdict(render),
+              "sampler": asdict(sampler), "detector": detector, "trained_unet": trained_unet}
+    with open(os.path.join(folder, BUNDLE + ".tmp"), "w") as f:
+        f.write(json.dumps(record, indent=2) + "\n")
+    os.replace(os.path.join(folder, BUNDLE + ".tmp"), os.path.join(folder, BUNDLE))
+    return folder
+
+
+def _field(record: dict, key: str, kind, path: str):
+    if key not in record:
+        raise ValueError(f"{path}: no '{key}' field")
+    if not isinstance(record[key], kind):
+        raise ValueError(f"{path}: '{key}' must be {getattr(kind, '__name__', kind)}, "
+                         f"got {record[key]!r}")
+    return record[key]
+
+
+def read_bundle(folder: str) -> Bundle:
+    """A bundle's settings, checked: a missing file or field is one error naming it."""
+    path = os.path.join(folder, BUNDLE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{folder}: not a bundle (no {BUNDLE}; `make demo` writes "
+                                "bundles under runs/demo/bundles)")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError(f"{path}: 'format' must be {FORMAT!r}, got "
+                         f"{record.get('format') if isinstance(record, dict) else record!r}")
+    parts = _field(record, "parts", dict, path)
+    for part in PARTS:
+        if not isinstance(parts.get(part), dict) or "class_path" not in parts[part]:
+            raise ValueError(f"{path}: parts.{part} needs a class_path")
+    try:
+        render = RenderSettings(**_field(record, "render", dict, path))
+        sampler = SamplerSettings(**_field(record, "sampler", dict, path))
+    except TypeError as err:
+        raise ValueError(f"{path}: render / sampler: {err}") from None
+    read_spec(folder)  # the method's export is there
+    return Bundle(os.path.abspath(folder), str(record.get("name", os.path.basename(folder))),
+                  str(_field(record, "method", str, path)), parts,
+                  float(_field(record, "latent_scale", (int, float), path)), render, sampler,
+                  record.get("detector"), bool(record.get("trained_unet", False)))
+
+
+def build_part(part: dict, folder: str, where: str):
+    """A spec built, its relative file paths read from the bundle `folder`."""
+    module_name, _, attr = str(part["class_path"]).rpartition(".")
+    if not module_name.startswith("grpose."):
+        raise ValueError(f"{where}.class_path: {part['class_path']!r} is not a grpose class")
+    args = dict(part.get("init_args") or {})
+    for key in PATH_ARGS:
+        value = args.get(key)
+        if isinstance(value, str) and not os.path.isabs(value):
+            args[key] = os.path.join(folder, value)
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{where}.class_path: {part['class_path']!r} not found ({err})") from None
+    return target(**args)
+
+
+def load_bundle(folder: str, bundle: Bundle | None = None) -> PoseDiffusionModule:
+    """The bundle's model, built and loaded, in eval mode on the CPU."""
+    bundle = bundle or read_bundle(folder)
+    where = os.path.join(folder, BUNDLE)
+    unet, vae, text_encoder = (build_part(bundle.parts[p], bundle.folder, f"{where}: parts.{p}")
+                               for p in PARTS)
+    s = bundle.sampler
+    module = PoseDiffusionModule(
+        unet, vae, text_encoder, load_method(bundle.folder), noise_scheduler(),
+        latent_scale=bundle.latent_scale, num_inference_steps=s.num_inference_steps,
+        guidance=s.guidance(), conditioning_scale=s.conditioning_scale,
+        negative_prompt=s.negative_prompt, eta=s.eta, seed=s.seed, method_weights=bundle.folder)
+    if bundle.trained_unet:
+        path = os.path.join(bundle.folder, TRAINED_UNET)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{where}: trained_unet, but no {path}")
+        state = load_file(path)
+        problems = state_mismatch(state, module.unet.state_dict(), most=8)
+        if problems:
+            raise ValueError(f"{path}: {problems}")
+        module.unet.load_state_dict(state)
+    return module.eval()
+
+
+def build_detector(bundle: Bundle):
+    """The bundle's pose detector (`PoseDetector`), or None when it names none."""
+    if bundle.detector is None:
+        return None
+    return build_part(bundle.detector, bundle.folder, f"{bundle.folder}/{BUNDLE}: detector")
+
+
+def find_bundles(root: str) -> list[str]:
+    """Every bundle folder under `root`, sorted."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        if BUNDLE in files:
+            found.append(folder)
+    return sorted(found)

@@ -1,0 +1,167 @@
+"""`PosePipeline`: a prompt and a pose in, images out (diffusers style), for any method's bundle,
+through `PoseDiffusionModule.generate` (the one denoising path and sampler)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from grpose.data.batch import PoseSample, collate_pose_samples
+from grpose.data.render import render_pose, to_model_range
+from grpose.diffusion.module import PoseDiffusionModule
+from grpose.pipeline.bundle import (Bundle, RenderSettings, SamplerSettings, build_detector,
+                                    load_bundle, read_bundle, save_bundle)
+from grpose.pipeline.poses import resolve_pose
+from grpose.pose.decode import match_people
+from grpose.pose.detector import PoseDetector
+
+FROM_BUNDLE = "bundle"
+
+
+@dataclass
+class PosePipelineOutput:
+    """What a `PosePipeline` call returns."""
+
+    images: list[Image.Image]
+    pose: np.ndarray  # (P, 17, 3) the target pose, in the images' pixels
+    pose_image: Image.Image  # the rendered condition
+    seeds: list[int]
+    detected: list[np.ndarray] | None = None  # (P_k, 17, 3) per image, with a detector
+    oks: list[float] | None = None  # per image: mean OKS of the target people (0 unmatched)
+    info: dict = field(default_factory=dict)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """`(B, 3, H, W)` in [-1, 1] -> PIL images."""
+    arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in arr]
+
+
+def pose_score(detected: dict[str, torch.Tensor], target: np.ndarray) -> float:
+    """Mean OKS of the target people against the detected ones (one-to-one, best score first;
+    an unmatched target person counts 0)."""
+    gt = torch.from_numpy(target)
+    matched = match_people(detected["keypoints"].cpu().float(), detected["scores"].cpu().float(),
+                           gt, threshold=0.0)
+    return float(matched.mean()) if len(matched) else 0.0
+
+
+class PosePipeline:
+    """Images for a prompt and a pose from a trained model.
+
+        pipe = PosePipeline.from_pretrained("runs/demo/bundles/grpose_skeleton-s0")
+        out = pipe("a person dancing", "pose.json", seed=0)   # or (P, 17, 3), or a photo
+        out.images[0].save("dancing.png")
+
+    Args:
+        module: the model (`PoseDiffusionModule`); its sampler settings are the defaults.
+        render: how its pose images are rendered (style, line scale, image size).
+        detector: reads poses from photos and the generated images' poses (OKS); optional.
+        name: a label (the app's column title).
+    """
+
+    def __init__(self, module: PoseDiffusionModule, render: RenderSettings,
+                 detector: PoseDetector | None = None, name: str = "model"):
+        self.module, self.render, self.detector, self.name = module.eval(), render, detector, name
+
+    @classmethod
+    def from_pretrained(cls, folder: str, detector: PoseDetector | str | None = FROM_BUNDLE,
+                        device: str | torch.device = "cpu") -> PosePipeline:
+        """The pipeline of a bundle folder (`grpose.pipeline.bundle`); `detector`: the bundle's
+        own ("bundle"), another `PoseDetector`, or None."""
+        bundle: Bundle = read_bundle(folder)
+        module = load_bundle(folder, bundle).to(device)
+        if detector == FROM_BUNDLE:
+            detector = build_detector(bundle)
+        return cls(module, bundle.render, detector, bundle.name)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str, render: RenderSettings,
+                        detector: PoseDetector | None = None, **kwargs) -> PosePipeline:
+        """The pipeline of a grpose Lightning checkpoint (its parts rebuilt from the configs the
+        CLI stored; `kwargs` go to `load_from_checkpoint`, e.g. the parts of a model built in
+        Python), rendering poses as `render` says (the training data's `pose_style`,
+        `render_scale` and `resolution`)."""
+        module = PoseDiffusionModule.load_from_checkpoint(checkpoint, map_location="cpu",
+                                                          **kwargs)
+        return cls(module, render, detector, os.path.basename(checkpoint))
+
+    def save_pretrained(self, folder: str, parts: dict | None = None) -> str:
+        """Write this pipeline as a bundle; `parts`: the base's specs (default: the configs the
+        CLI stored in the module's hyper-parameters)."""
+        if parts is None:
+            stored = {p: self.module.hparams.get(p) for p in ("unet", "vae", "text_encoder")}
+            missing = [p for p, v in stored.items() if not _is_spec(v)]
+            if missing:
+                raise ValueError(f"save_pretrained: the module holds no config for {missing} "
+                                 "(built in Python): pass parts= specs")
+            parts = {p: _plain_spec(v) for p, v in stored.items()}
+        return save_bundle(folder, self.module, parts, self.render, name=self.name)
+
+    @property
+    def sampler(self) -> SamplerSettings:
+        hp, g = self.module.hparams, self.module.guidance
+        return SamplerSettings(hp.num_inference_steps, g.scale, g.pose_scale,
+                               g.pose_in_unconditional, hp.negative_prompt,
+                               hp.conditioning_scale, hp.eta, hp.seed)
+
+    def batch(self, prompt: str, people: np.ndarray, num_images: int):
+        """The `PoseBatch` of `num_images` copies of one prompt and pose."""
+        h, w = self.render.height, self.render.width
+        pose = to_model_range(render_pose(people, h, w, style=self.render.style,
+                                          scale=self.render.scale))
+        samples = [PoseSample(image=torch.zeros(3, h, w), pose_image=pose,
+                              keypoints=torch.from_numpy(people), caption=prompt,
+                              meta={"id": f"pose-{k}"}) for k in range(num_images)]
+        return collate_pose_samples(samples)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, pose, negative_prompt: str | None = None,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 conditioning_scale: float | None = None, seed: int | None = None,
+                 num_images: int = 1, canvas: tuple[int, int] | None = None
+                 ) -> PosePipelineOutput:
+        """Images for `prompt` in `pose`: COCO-17 keypoints `(P, 17, 3)` / a list of people (on
+        `canvas` (H, W), default the model's size), a COCO-style or OpenPose JSON file, or a
+        photo (through the detector). Image k uses seed `seed + k` (default: the model's);
+        `None` settings are the model's. With a detector, each image's detected pose and its
+        OKS against the target come back too."""
+        if num_images < 1:
+            raise ValueError(f"num_images must be at least 1, got {num_images}")
+        size = (self.render.height, self.render.width)
+        people = resolve_pose(pose, size, self.detector, canvas)  # (P, 17, 3)
+        batch = self.batch(prompt, people, num_images)
+        device = self.module.device
+        batch.pose_image, batch.image = batch.pose_image.to(device), batch.image.to(device)
+        batch.keypoints, batch.person_mask = batch.keypoints.to(device), batch.person_mask.to(device)
+        seed = self.module.hparams.seed if seed is None else int(seed)
+        seeds = [seed + k for k in range(num_images)]
+        guidance = None if guidance_scale is None else self.sampler.guidance(guidance_scale)
+        images = self.module.generate(batch, seeds, scale=conditioning_scale,
+                                      num_inference_steps=num_inference_steps,
+                                      guidance=guidance, negative_prompt=negative_prompt)
+        out = PosePipelineOutput(to_pil(images), people, to_pil(batch.pose_image[:1])[0], seeds)
+        if self.detector is not None:
+            found = self.detector(images.float())
+            out.detected = [f["keypoints"].cpu().numpy() for f in found]
+            out.oks = [pose_score(f, people) for f in found]
+        return out
+
+
+def _is_spec(value) -> bool:
+    return hasattr(value, "get") and value.get("class_path") is not None
+
+
+def _plain_spec(value) -> dict:
+    """A jsonargparse Namespace / dict spec as plain JSON data."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain_spec(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_spec(v) for v in value]
+    return value
+

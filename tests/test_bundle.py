@@ -1,0 +1,91 @@
+"""Bundles: every registered method round-trips (weights, sampler, render settings, images);
+files are readable by the user; a bad bundle is one error naming the file and field."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+
+from grpose.data import SyntheticPoseDataset, collate_pose_samples
+from grpose.methods import METHODS, load_method
+from grpose.pipeline import read_bundle
+from grpose.pipeline.bundle import BUNDLE, find_bundles, load_bundle
+from tiny_bundles import RENDER, tiny_module, write_tiny_bundle
+
+
+@pytest.fixture(scope="module")
+def pose_batch():
+    ds = SyntheticPoseDataset(2, seed=3, split="val", resolution=64, render_scale=RENDER.scale)
+    return collate_pose_samples([ds[0], ds[1]])
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_round_trips_through_a_bundle(tmp_path, tiny_parts, pose_batch, name,
+                                                   perturb_zero_parameters, one_thread):
+    module = tiny_module(tiny_parts, name, perturb_zero_parameters)
+    folder = write_tiny_bundle(str(tmp_path / name), tiny_parts, module)
+    bundle = read_bundle(folder)
+    assert (bundle.method, bundle.render, bundle.latent_scale) == (
+        name, RENDER, module.hparams.latent_scale)
+    assert bundle.sampler.num_inference_steps == 3 and bundle.sampler.guidance_scale == 2.0
+    assert bundle.sampler.conditioning_scale == 2.0 and bundle.trained_unet == (name == "humansd")
+    loaded = load_bundle(folder, bundle)
+    for part in ("method", "unet", "vae", "text_encoder"):
+        a, b = getattr(module, part).state_dict(), getattr(loaded, part).state_dict()
+        assert a.keys() == b.keys(), part
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    assert type(load_method(folder)) is METHODS[name]  # load_method reads a bundle
+    seeds = [11, 12]
+    assert torch.equal(loaded.generate(pose_batch, seeds), module.generate(pose_batch, seeds))
+
+
+def test_bundle_files_are_readable_by_the_user(tmp_path, tiny_parts, perturb_zero_parameters):
+    old = os.umask(0o022)
+    try:
+        folder = write_tiny_bundle(str(tmp_path / "b"), tiny_parts,
+                                   tiny_module(tiny_parts, "controlnet", perturb_zero_parameters))
+    finally:
+        os.umask(old)
+    for name in ("method.safetensors", "method.json", BUNDLE, "text_encoder.safetensors"):
+        mode = stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode)
+        assert mode & 0o044 == 0o044, (name, oct(mode))
+
+
+def test_a_bundle_moves_with_its_folder(tmp_path, tiny_parts, perturb_zero_parameters,
+                                        pose_batch):
+    module = tiny_module(tiny_parts, "grpose_skeleton", perturb_zero_parameters)
+    write_tiny_bundle(str(tmp_path / "a" / "gr"), tiny_parts, module)
+    os.rename(tmp_path / "a", tmp_path / "moved")
+    assert find_bundles(str(tmp_path)) == [str(tmp_path / "moved" / "gr")]
+    loaded = load_bundle(str(tmp_path / "moved" / "gr"))
+    assert torch.equal(loaded.generate(pose_batch, [1, 2]), module.generate(pose_batch, [1, 2]))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.pop("render"), "no 'render' field"),
+    (lambda r: r.update(format="other/1"), "'format' must be"),
+    (lambda r: r["parts"].pop("vae"), "parts.vae needs a class_path"),
+    (lambda r: r["sampler"].update(steps=3), "render / sampler"),
+    (lambda r: r["parts"]["unet"].update(class_path="os.system"), "is not a grpose class"),
+])
+def test_a_bad_bundle_is_one_error_naming_the_field(tmp_path, tiny_parts, edit, message,
+                                                    perturb_zero_parameters):
+    folder = write_tiny_bundle(str(tmp_path / "b"), tiny_parts,
+                               tiny_module(tiny_parts, "no_pose", perturb_zero_parameters))
+    path = os.path.join(folder, BUNDLE)
+    with open(path) as f:
+        record = json.load(f)
+    edit(record)
+    with open(path, "w") as f:
+        json.dump(record, f)
+    with pytest.raises(ValueError, match=message) as err:
+        load_bundle(folder)
+    assert BUNDLE in str(err.value)
+
+
+def test_a_folder_without_bundle_json_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a bundle"):
+        read_bundle(str(tmp_path))

@@ -1,0 +1,56 @@
+"""Tiny bundles for the pipeline, bundle and app tests (random-init tiny base, offline)."""
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+import yaml
+
+from grpose.diffusion import PoseDiffusionModule
+from grpose.diffusion.components import OpenCLIPTextEncoder, load_unet, load_vae, noise_scheduler
+from grpose.diffusion.guidance import ClassifierFreeGuidance
+from grpose.methods import method_from_config
+from grpose.pipeline.bundle import RenderSettings, save_bundle, save_text_encoder, spec
+
+RENDER = RenderSettings(style="humansd", scale=0.35, height=64, width=64)
+TEXT_CFG = dict(width=32, heads=2, layers=2)
+
+
+def trainable(name: str) -> list[str]:
+    with open(f"configs/method/tiny/{name}.yaml") as f:
+        args = yaml.safe_load(f)["model"]["init_args"]
+    return args.get("trainable", ["method"])
+
+
+def tiny_module(tiny_parts, name: str, perturb, seed: int = 5) -> PoseDiffusionModule:
+    """A tiny model of method `name`, its zero-initialised outputs perturbed (so the pose acts)."""
+    unet = copy.deepcopy(tiny_parts[0])
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        method = method_from_config(f"configs/method/tiny/{name}.yaml")
+    module = PoseDiffusionModule(unet, *tiny_parts[1:], method, noise_scheduler(),
+                                 trainable=trainable(name), num_inference_steps=3,
+                                 guidance=ClassifierFreeGuidance(2.0), conditioning_scale=2.0,
+                                 negative_prompt="", seed=seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        perturb(module.method)
+        if "unet" in module.trainable:  # HumanSD: a "trained" UNet differs from the base
+            with torch.no_grad():
+                module.unet.conv_out.bias.add_(0.01)
+    return module.eval()
+
+
+def write_tiny_bundle(folder: str, tiny_parts, module: PoseDiffusionModule,
+                      detector: dict | None = None, name: str | None = None) -> str:
+    """`module` as a bundle whose base (the session's tiny parts) is exported into it."""
+    unet, vae, text = tiny_parts
+    os.makedirs(folder, exist_ok=True)
+    unet.save_pretrained(os.path.join(folder, "unet"))
+    vae.save_pretrained(os.path.join(folder, "vae"))
+    parts = {"unet": spec(load_unet, path="unet", subfolder=None),
+             "vae": spec(load_vae, path="vae", subfolder=None),
+             "text_encoder": spec(OpenCLIPTextEncoder, text_cfg=TEXT_CFG,
+                                  weights=save_text_encoder(text, folder))}
+    return save_bundle(folder, module, parts, RENDER, name=name, detector=detector)
