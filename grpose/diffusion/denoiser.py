@@ -9,6 +9,7 @@ from torch import nn
 from grpose.data.condition import PoseCondition
 from grpose.methods.base import PoseMethod, UNetConditioning
 from grpose.methods.film import modulate
+from grpose.methods.reference import attend
 
 
 def apply_conditioning(unet: nn.Module, noisy_latents: torch.Tensor, timesteps: torch.Tensor,
@@ -16,7 +17,7 @@ def apply_conditioning(unet: nn.Module, noisy_latents: torch.Tensor, timesteps: 
     """The UNet's eps `(B, 4, h, w)` with a method's conditioning `c` applied."""
     x = noisy_latents if c.extra_channels is None else torch.cat(
         [noisy_latents, c.extra_channels.to(noisy_latents.dtype)], 1)
-    with modulate(unet, c.modulation):
+    with modulate(unet, c.modulation), attend(unet, c.reference):
         return unet(x, timesteps, encoder_hidden_states=text_states,
                     down_block_additional_residuals=c.down_residuals,
                     mid_block_additional_residual=c.mid_residual,

@@ -13,10 +13,12 @@ from grpose.data.condition import PoseCondition
 @dataclass(frozen=True)
 class Branch:
     """One denoiser call per step: with the prompt (else the negative prompt), with the pose
-    active (else `PoseCondition.active` False)."""
+    active (else `PoseCondition.active` False), with the source person active (else
+    `PoseCondition.source_active` False; no effect on conditions without a source)."""
 
     text: bool
     pose: bool
+    source: bool = True
 
 
 class ClassifierFreeGuidance:
@@ -27,20 +29,33 @@ class ClassifierFreeGuidance:
     - `pose_scale=None`, `pose_in_unconditional=False`: the pose only in the conditional branch.
     - `pose_scale` set: separate text and pose scales over (negative, no pose), (prompt, no pose),
       (prompt, pose): `e0 + scale * (e1 - e0) + pose_scale * (e2 - e1)`.
-    With `scale == 1` and no `pose_scale`, one branch (prompt, pose) and no mixing.
+    - `source_scale` set (pose transfer; InstructPix2Pix's two-condition guidance with the source
+      person in the role of its input image): (negative, no pose, no source),
+      (prompt, no pose, source), (prompt, pose, source):
+      `e0 + source_scale * (e1 - e0) + scale * (e2 - e1)`: the source guided on its own, then
+      the target pose and the prompt given the source.
+    With `scale == 1` and no `pose_scale` / `source_scale`, one branch (prompt, pose) and no
+    mixing. Without `source_scale` every branch has the source (when the condition has one).
 
     Args:
-        scale: text guidance scale (the protocol: 7.5).
+        scale: text guidance scale (the protocol: 7.5); with `source_scale`: of pose and text.
         pose_scale: separate pose guidance scale (None: pose guided with the text).
         pose_in_unconditional: give the pose to the unconditional branch too.
+        source_scale: separate source guidance scale (pose transfer; None: no source guidance).
     """
 
     def __init__(self, scale: float = 7.5, pose_scale: float | None = None,
-                 pose_in_unconditional: bool = True):
+                 pose_in_unconditional: bool = True, source_scale: float | None = None):
+        if pose_scale is not None and source_scale is not None:
+            raise ValueError("ClassifierFreeGuidance: give pose_scale or source_scale, not both")
         self.scale, self.pose_scale = scale, pose_scale
         self.pose_in_unconditional = pose_in_unconditional
+        self.source_scale = source_scale
 
     def branches(self) -> list[Branch]:
+        if self.source_scale is not None:
+            return [Branch(False, False, False), Branch(True, False, True),
+                    Branch(True, True, True)]
         if self.pose_scale is not None:
             return [Branch(False, False), Branch(True, False), Branch(True, True)]
         if self.scale == 1.0:
@@ -49,6 +64,9 @@ class ClassifierFreeGuidance:
 
     def combine(self, eps: list[torch.Tensor]) -> torch.Tensor:
         """eps of each branch, in `branches()` order -> the guided eps."""
+        if self.source_scale is not None:
+            e0, e1, e2 = eps
+            return e0 + self.source_scale * (e1 - e0) + self.scale * (e2 - e1)
         if self.pose_scale is not None:
             e0, e1, e2 = eps
             return e0 + self.scale * (e1 - e0) + self.pose_scale * (e2 - e1)

@@ -9,7 +9,7 @@ from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
 from grpose.data.condition import PoseCondition
-from grpose.diffusion.guidance import ClassifierFreeGuidance, SamplingStep, StepHook
+from grpose.diffusion.guidance import Branch, ClassifierFreeGuidance, SamplingStep, StepHook
 
 NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, "
                    "fewer digits, cropped, worst quality, low quality")
@@ -21,6 +21,18 @@ def initial_latents(seeds: list[int], shape: tuple[int, ...], device, dtype) -> 
     """One seeded generator per image, so an image's seed reproduces it in any batch."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
                         for s in seeds]).to(device=device, dtype=dtype)
+
+
+def branch_condition(cond: PoseCondition, branch: Branch) -> PoseCondition:
+    """`cond` as a guidance branch sees it: pose (and source, when it has one) switched off
+    where the branch leaves them out."""
+    cond = cond if branch.pose else cond.with_active(False)
+    if cond.has_source and not branch.source:
+        cond = cond.with_source_active(False)
+    elif branch.source is False and not cond.has_source:
+        raise ValueError("source guidance (ClassifierFreeGuidance.source_scale) needs a "
+                         "condition with a source (a pose-transfer batch)")
+    return cond
 
 
 def sample_latents(eps_fn: EpsFn, scheduler: DDIMScheduler, text_states: torch.Tensor,
@@ -40,7 +52,7 @@ def sample_latents(eps_fn: EpsFn, scheduler: DDIMScheduler, text_states: torch.T
     latents = latents * scheduler.init_noise_sigma
     branches = guidance.branches()
     states = torch.cat([text_states if b.text else negative_states for b in branches])
-    conds = PoseCondition.cat([cond if b.pose else cond.with_active(False) for b in branches])
+    conds = PoseCondition.cat([branch_condition(cond, b) for b in branches])
     if prepare is not None:
         conds = prepare(conds)
     alphas = scheduler.alphas_cumprod.to(latents.device)

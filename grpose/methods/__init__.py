@@ -7,6 +7,8 @@ from grpose.methods.humansd import HumanSD
 from grpose.methods.kb_dmgen import KBDMGen
 from grpose.methods.stable_pose import StablePose
 from grpose.methods.t2i_adapter import T2IAdapter
+from grpose.methods.transfer import (TRANSFER_METHODS, PoseOnly, ReferenceAttention, RePoseDM,
+                                     SourceUnaligned)
 from grpose.methods.weights import load_method, load_method_weights, save_method
 
 METHODS: dict[str, type[PoseMethod]] = {
@@ -19,16 +21,18 @@ METHODS: dict[str, type[PoseMethod]] = {
     "t2i_adapter": T2IAdapter,
     "humansd": HumanSD,  # last: its attach widens the UNet's conv_in (tools/bench_step shares one)
 }
-"""Every method by its registry name (the name of its YAML under configs/method/)."""
+"""Every pose method by its registry name (the name of its YAML under configs/method/). The
+pose-transfer methods, which need a source person, are apart: `TRANSFER_METHODS`."""
 CLASS_PATHS = {f"grpose.methods.{cls.__name__}": name
-               for name, cls in METHODS.items()}
+               for name, cls in {**METHODS, **TRANSFER_METHODS}.items()}
 
 
 def method_class(name: str) -> type[PoseMethod]:
-    """The method class registered as `name`."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
-    return METHODS[name]
+    """The method class registered as `name` (a pose or a pose-transfer method)."""
+    registry = {**METHODS, **TRANSFER_METHODS}
+    if name not in registry:
+        raise ValueError(f"unknown method {name!r}; registered: {sorted(registry)}")
+    return registry[name]
 
 
 def method_from_config(path: str, **overrides) -> PoseMethod:
@@ -43,9 +47,11 @@ def method_from_config(path: str, **overrides) -> PoseMethod:
     if name is None:
         raise ValueError(f"{path}: model.init_args.method.class_path {spec['class_path']!r} is not "
                          f"a registered method ({sorted(CLASS_PATHS)})")
-    return METHODS[name](**{**(spec.get("init_args") or {}), **overrides})
+    return method_class(name)(**{**(spec.get("init_args") or {}), **overrides})
 
 
-__all__ = ["METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton", "HumanSD", "KBDMGen",
-           "NoPose", "PoseMethod", "StablePose", "T2IAdapter", "UNetConditioning", "load_method",
-           "load_method_weights", "method_class", "method_from_config", "save_method"]
+__all__ = ["METHODS", "TRANSFER_METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton",
+           "HumanSD", "KBDMGen", "NoPose", "PoseMethod", "PoseOnly", "RePoseDM",
+           "ReferenceAttention", "SourceUnaligned", "StablePose", "T2IAdapter",
+           "UNetConditioning", "load_method", "load_method_weights", "method_class",
+           "method_from_config", "save_method"]

@@ -16,6 +16,7 @@ from torch import nn
 
 from grpose.data.condition import PoseCondition
 from grpose.methods.film import FiLM
+from grpose.methods.reference import Reference
 
 
 @dataclass
@@ -25,7 +26,8 @@ class UNetConditioning:
     down_residuals / mid_residual: added to the UNet's skip connections / mid block output
     (ControlNet); intrablock_residuals: added inside the down blocks (T2I-Adapter);
     extra_channels: concatenated to the UNet input (HumanSD; the UNet's `conv_in` must take them);
-    modulation: FiLM of named UNet blocks (see `grpose.methods.film`).
+    modulation: FiLM of named UNet blocks (see `grpose.methods.film`);
+    reference: tokens joined to named self-attention layers (see `grpose.methods.reference`).
     """
 
     down_residuals: list[torch.Tensor] | None = None  # one per UNet skip connection
@@ -33,10 +35,11 @@ class UNetConditioning:
     intrablock_residuals: list[torch.Tensor] | None = None
     extra_channels: torch.Tensor | None = None  # (B, C_extra, h, w)
     modulation: dict[str, FiLM] | None = None
+    reference: dict[str, Reference] | None = None
 
     def map(self, fn, extra_channels: bool = True) -> UNetConditioning:
-        """`fn` applied to every tensor (and to both FiLM terms); `extra_channels=False` leaves
-        those as they are."""
+        """`fn` applied to every tensor (to both FiLM terms, to reference gates, not their
+        tokens); `extra_channels=False` leaves those as they are."""
         def each(xs):
             return None if xs is None else [fn(x) for x in xs]
         return UNetConditioning(
@@ -44,7 +47,8 @@ class UNetConditioning:
             each(self.intrablock_residuals),
             self.extra_channels if self.extra_channels is None or not extra_channels
             else fn(self.extra_channels),
-            None if self.modulation is None else {k: f.map(fn) for k, f in self.modulation.items()})
+            None if self.modulation is None else {k: f.map(fn) for k, f in self.modulation.items()},
+            None if self.reference is None else {k: r.map(fn) for k, r in self.reference.items()})
 
     def scaled(self, scale: float) -> UNetConditioning:
         """Residuals and FiLM deltas times `scale` (the conditioning scale of inference)."""
