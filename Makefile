@@ -8,9 +8,10 @@ CONFIG ?= configs/trainer/cpu.yaml configs/base/tiny.yaml configs/data/synthetic
 ARGS ?=
 
 EVAL_CONFIG ?= configs/eval/humanart.yaml
+TRANSFER_CONFIG ?= configs/eval/transfer_synthetic.yaml
 IMAGES ?= runs/predict
 
-.PHONY: help install lock demo compare test test-all test-gpu train eval bench bench-sample bench-detector gpu-wheels gpu-check clean
+.PHONY: help install lock demo compare test test-all test-gpu train eval eval-transfer bench bench-sample bench-detector gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -53,6 +54,9 @@ train: install  ## fit a model: make train CONFIG="trainer base data method conf
 
 eval: install  ## score generated images: make eval IMAGES=dir EVAL_CONFIG="configs/eval/humanart.yaml [configs/eval/humanart_papers.yaml]" ARGS=...
 	$(PY) tools/evaluate.py $(foreach c,$(EVAL_CONFIG),--config $(c)) --images $(IMAGES) $(ARGS)
+
+eval-transfer: install  ## score pose-transfer results: make eval-transfer IMAGES=dir TRANSFER_CONFIG=configs/eval/transfer_synthetic.yaml ARGS=...
+	$(PY) tools/evaluate_transfer.py $(foreach c,$(TRANSFER_CONFIG),--config $(c)) --images $(IMAGES) $(ARGS)
 
 bench: install  ## training-step time of each method vs ControlNet (tiny shapes; ARGS="--memory" / "--shape sd15 ...")
 	$(PY) tools/bench_step.py $(ARGS)

@@ -181,6 +181,7 @@ class SyntheticPairs(Dataset):
     """
 
     collate_fn = staticmethod(collate_pair_samples)
+    part_names = PART_NAMES  # the parts of `PairSample.target_parts`
 
     def __init__(self, num_pairs: int = 1000, seed: int = 0, split: str = "training",
                  resolution: int = 64, pairs_per_identity: int = 1, pose_style: str = "humansd",

@@ -134,17 +134,19 @@ class PSNR(PerImageMean):
 def load_alexnet_lpips(backbone_weights: str) -> torch.nn.Module:
     """torchmetrics' LPIPS network (its shipped `lpips` 0.1 AlexNet linear heads) with the AlexNet
     backbone read from `backbone_weights`, a local torchvision `alexnet` state dict (`.pth`, e.g.
-    `alexnet-owt-7be5be79.pth`, or `.safetensors`); nothing is downloaded."""
+    `alexnet-owt-7be5be79.pth`, or `.safetensors`; its `classifier.*` may be left out);
+    nothing is downloaded."""
     import torchvision
     from torchmetrics.functional.image.lpips import _NoTrainLpips
-    state = read_state_dict(backbone_weights)
+    state = {k: v for k, v in read_state_dict(backbone_weights).items()
+             if not k.startswith("classifier.")}  # LPIPS uses the convolutional part only
     alexnet = torchvision.models.alexnet(weights=None)
-    expected = alexnet.state_dict()
+    expected = {k: v for k, v in alexnet.state_dict().items() if k.startswith("features.")}
     problem = state_mismatch(state, expected)
     if problem:
         raise ValueError(f"LPIPS backbone {backbone_weights}: not a torchvision AlexNet state "
                          f"dict ({problem})")
-    alexnet.load_state_dict(state)
+    alexnet.load_state_dict(state, strict=False)
     net = _NoTrainLpips(pretrained=True, net="alex", pnet_rand=True)  # heads from torchmetrics
     for block in (net.net.slice1, net.net.slice2, net.net.slice3, net.net.slice4, net.net.slice5):
         for name, layer in block.named_children():  # the slices keep AlexNet's layer indices

@@ -1,0 +1,147 @@
+"""Score a folder of pose-transfer results against a paired dataset: SSIM (both variants), PSNR,
+LPIPS, FID against the training images, pose AP of the generated images and, where the data
+knows its body parts (`SyntheticPairs`), the colour error per part."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from grpose.data.io import DataError
+from grpose.data.pairs import collate_pair_samples
+from grpose.metrics.evaluate import load_generated
+from grpose.metrics.image_quality import ImageQuality, InceptionV3Features
+from grpose.metrics.report import image_name, markdown_table
+from grpose.metrics.suite import GenerationMetrics, to_unit
+from grpose.metrics.transfer import LPIPS, PSNR, SSIM, SSIM_VARIANTS, PartColourError
+from grpose.pose.detector import PoseDetector
+
+log = logging.getLogger(__name__)
+TRANSFER_COLUMNS = ["ssim_gaussian", "ssim_uniform", "psnr", "lpips", "fid", "ap", "cap", "pce",
+                    "colour_error"]
+"""Result keys in table order."""
+
+
+def _real_images(real_data: Dataset, limit: int | None, batch_size: int):
+    """Batches `((n, 3, H, W) in [0, 1], ids)` of a dataset's (target) images, each file once."""
+    seen: dict[str, int] = {}
+    images, ids = [], []
+    n = len(real_data) if limit is None else min(limit, len(real_data))
+    for i in range(n):
+        item = real_data[i]
+        key = str(item.meta.get("image_path", f"#{i}"))
+        ids.append(seen.setdefault(key, len(seen)))
+        images.append(item.image)
+        if len(images) == batch_size or i == n - 1:
+            yield to_unit(torch.stack(images)), ids
+            images, ids = [], []
+
+
+def evaluate_transfer_folder(images: str, data: Dataset, real_data: Dataset | None = None,
+                             detector: PoseDetector | None = None,
+                             fid_extractor: nn.Module | None = None,
+                             inception_weights: str | None = None,
+                             lpips_weights: str | None = None, batch_size: int = 16,
+                             real_limit: int | None = None, on_missing: str = "raise") -> dict:
+    """Metrics of the generated images in `images` (named `<id>.png`, resized to the target's
+    size if they differ) for the pairs of `data`.
+
+    FID needs `real_data` (the training split: FID is against the *training* images) and a
+    feature extractor (`fid_extractor`, or Inception-v3 from `inception_weights`); LPIPS needs
+    `lpips_weights` (a local AlexNet); pose AP needs `detector`; the colour error needs part
+    masks in the data. What cannot be computed is absent from `metrics` and named, with the
+    reason, in `not_computed`. Returns `{"metrics", "colour_error_per_part", "not_computed",
+    "num_images", "missing"}`.
+    """
+    if on_missing not in ("raise", "skip"):
+        raise ValueError(f"on_missing must be 'raise' or 'skip', got {on_missing!r}")
+    if fid_extractor is not None and inception_weights:
+        raise ValueError("give fid_extractor or inception_weights, not both")
+    not_computed = {}
+    if inception_weights:
+        fid_extractor = InceptionV3Features(inception_weights)
+    if fid_extractor is None or real_data is None:
+        not_computed["fid"] = ("no real_data (training images)" if fid_extractor is not None
+                               else "no inception_weights / fid_extractor")
+    if not lpips_weights:
+        not_computed["lpips"] = "no lpips_weights (a local AlexNet file; never downloaded)"
+    if detector is None:
+        not_computed["ap"] = "no detector"
+    part_names = getattr(data, "part_names", None)
+    if part_names is None:
+        not_computed["colour_error"] = "the data has no body-part masks"
+    metrics = {name: SSIM(name) for name in SSIM_VARIANTS}
+    metrics["psnr"] = PSNR()
+    if lpips_weights:
+        metrics["lpips"] = LPIPS(backbone_weights=lpips_weights)
+    colour = PartColourError(part_names) if part_names is not None else None
+    pose = GenerationMetrics(detector) if detector is not None else None
+    quality = (ImageQuality(fid_extractor, kid_subset_size=2)
+               if "fid" not in not_computed else None)
+
+    found, missing = [], 0
+    for i in range(len(data)):
+        item = data[i]
+        gen = load_generated(images, item.meta, tuple(item.image.shape[-2:]))
+        if gen is None:
+            if on_missing == "raise":
+                raise DataError(os.path.join(images, image_name(item.meta) + ".png"),
+                                "generated image not found", "missing image")
+            missing += 1
+            log.warning("no generated image for pair %s", item.meta["id"])
+            continue
+        found.append((item, gen))
+    if not found:
+        raise DataError(images, f"none of the {len(data)} pairs' generated images is here "
+                        f"(named <id>.png, e.g. {image_name(data[0].meta) if len(data) else '?'}"
+                        ".png)", "missing image")
+    for start in range(0, len(found), batch_size):
+        chunk = found[start:start + batch_size]
+        batch = collate_pair_samples([item for item, _ in chunk])
+        generated = torch.stack([g for _, g in chunk])  # (B, 3, H, W) in [-1, 1]
+        ids = [int(m.get("index", start + k)) for k, m in enumerate(batch.meta)]
+        fake, real = to_unit(generated), to_unit(batch.image)
+        for metric in metrics.values():
+            metric.update(fake, real, ids=ids)
+        if colour is not None:
+            colour.update(fake, real, batch.target_parts, ids=ids)
+        if pose is not None:
+            pose.update(generated, batch.target_batch())
+        if quality is not None:
+            quality.update(fake, real=False, ids=ids)
+    out = {name: float(m.compute()) for name, m in metrics.items()}
+    per_part = {}
+    if colour is not None:
+        c = {k: float(v) for k, v in colour.compute().items()}
+        out["colour_error"] = c.pop("colour_error")
+        per_part = {k.split("/", 1)[1]: v for k, v in c.items()}
+    if pose is not None:
+        out.update(pose.compute())
+    if quality is not None:
+        for real_images, real_ids in _real_images(real_data, real_limit, batch_size):
+            quality.update(real_images, real=True, ids=real_ids)
+        out["fid"] = float(quality.compute()["fid"])
+    return {"metrics": out, "colour_error_per_part": per_part, "not_computed": not_computed,
+            "num_images": len(found), "missing": missing}
+
+
+def transfer_table(results: dict, name: str = "generated") -> str:
+    """The metrics as a one-row markdown table, then the colour error per part if any."""
+    cols = [c for c in TRANSFER_COLUMNS if c in results["metrics"]]
+    text = markdown_table({name: results["metrics"]}, columns=cols)
+    if results["colour_error_per_part"]:
+        text += "\n" + markdown_table({name: results["colour_error_per_part"]}, digits=1,
+                                      columns=list(results["colour_error_per_part"]))
+    return text
+
+
+def write_transfer_results(results: dict, out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(transfer_table(results))
