@@ -92,6 +92,14 @@ def test_missing_images_raise_or_skip(pairs, tmp_path):
         evaluate_transfer_folder(str(tmp_path), pairs, on_missing="skip")
 
 
+def test_small_images_leave_the_51_px_ssim_out(tmp_path):
+    small = SyntheticPairs(num_pairs=2, seed=1, split="val", resolution=40)
+    write(small, tmp_path / "gen", "target")
+    res = evaluate_transfer_folder(str(tmp_path / "gen"), small)
+    assert "ssim_uniform" not in res["metrics"] and res["metrics"]["ssim_gaussian"] == 1
+    assert res["not_computed"]["ssim_uniform"] == "images (40 px) smaller than its 51 px window"
+
+
 def test_main_writes_results(pairs, tmp_path, capsys):
     write(pairs, tmp_path / "gen", "source")
     out = tmp_path / "out"

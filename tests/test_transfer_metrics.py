@@ -139,3 +139,22 @@ def test_part_colour_error_on_known_colours():
     assert out["colour_error"] == pytest.approx((25.5 + 0.2 * 255 * 3 ** 0.5) / 2)
     with pytest.raises(ValueError, match=r"parts must be \(N, K=3, H, W\)"):
         m.update(pred, target, parts[:, :2])
+
+
+def test_distributed_gather_counts_each_image_once():
+    """Two ranks' states gathered as DDP would (`cat`); the image rank 1 repeated (a sampler's
+    padding) counts once, and the result equals one process seeing every image."""
+    from torchmetrics.utilities import dim_zero_cat
+    x, y = image_pairs(4, 32, 32, seed=5)
+    parts = torch.rand(4, 2, 32, 32) > 0.5
+    r0, r1, single = (PartColourError(["a", "b"]) for _ in range(3))
+    r0.update(x[:2], y[:2], parts[:2], ids=[0, 1])
+    r1.update(x[2:], y[2:], parts[2:], ids=[2, 3])
+    r1.update(x[:1], y[:1], parts[:1], ids=[0])
+    single.update(x, y, parts, ids=[0, 1, 2, 3])
+    other = iter([dim_zero_cat(getattr(r1, name)) for name in r0._reductions])
+    r0._sync_dist(dist_sync_fn=lambda t, group=None: [t, next(other)])  # what sync() runs
+    gathered, expected = r0.compute(), single.compute()
+    assert gathered.keys() == expected.keys()
+    for k in expected:
+        assert float(gathered[k]) == pytest.approx(float(expected[k]), abs=1e-12)

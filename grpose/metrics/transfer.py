@@ -88,7 +88,7 @@ class PerImageMean(Metric):
         self.values.append(values.detach().double())
 
     def _unique(self) -> Tensor:
-        if not self.values:
+        if isinstance(self.values, list) and not self.values:  # (a tensor once synced)
             raise ValueError(f"{type(self).__name__}: compute() before any update()")
         ids, values = dim_zero_cat(self.ids), dim_zero_cat(self.values)
         return values[first_occurrences(ids)]

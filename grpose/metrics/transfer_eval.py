@@ -74,7 +74,12 @@ def evaluate_transfer_folder(images: str, data: Dataset, real_data: Dataset | No
     part_names = getattr(data, "part_names", None)
     if part_names is None:
         not_computed["colour_error"] = "the data has no body-part masks"
-    metrics = {name: SSIM(name) for name in SSIM_VARIANTS}
+    side = min(data[0].image.shape[-2:]) if len(data) else 0
+    for name, options in SSIM_VARIANTS.items():
+        if side < options["win_size"]:
+            not_computed[name] = (f"images ({side} px) smaller than its {options['win_size']}"
+                                  " px window")
+    metrics = {name: SSIM(name) for name in SSIM_VARIANTS if name not in not_computed}
     metrics["psnr"] = PSNR()
     if lpips_weights:
         metrics["lpips"] = LPIPS(backbone_weights=lpips_weights)
