@@ -10,8 +10,12 @@ ARGS ?=
 EVAL_CONFIG ?= configs/eval/humanart.yaml
 TRANSFER_CONFIG ?= configs/eval/transfer_synthetic.yaml
 IMAGES ?= runs/predict
+BUNDLE ?= runs/demo/bundles/grpose_skeleton-s0
+POSE ?= docs/poses/example_openpose.json
+PROMPT ?= a person standing, one arm raised
+OUT ?= runs/generate
 
-.PHONY: help install lock demo compare test test-all test-gpu train eval eval-transfer bench bench-sample bench-detector gpu-wheels gpu-check clean
+.PHONY: help install lock demo compare generate app test test-all test-gpu train eval eval-transfer bench bench-sample bench-detector gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -39,6 +43,12 @@ demo: install  ## the main job offline: train and evaluate GRPose, ControlNet, n
 
 compare: install  ## every method (+ GRPose with RePoseDM) on the same base and budget, 3 seeds, mean +- std (CPU)
 	$(PY) -m grpose.demo compare $(ARGS)
+
+generate: install  ## images for your own pose: make generate POSE=pose.json|photo.png PROMPT="..." [BUNDLE=... OUT=... ARGS=...]
+	$(PY) tools/generate.py --bundle $(BUNDLE) --pose "$(POSE)" --prompt "$(PROMPT)" --out $(OUT) $(ARGS)
+
+app: install  ## the pose editor app: every bundle under runs/ side by side, in the browser (ARGS="--port 8765 --runs runs")
+	$(PY) -m grpose.app $(ARGS)
 
 test: install  ## run the fast test suite (offline, CPU)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -54,3 +54,28 @@ def write_tiny_bundle(folder: str, tiny_parts, module: PoseDiffusionModule,
              "text_encoder": spec(OpenCLIPTextEncoder, text_cfg=TEXT_CFG,
                                   weights=save_text_encoder(text, folder))}
     return save_bundle(folder, module, parts, RENDER, name=name, detector=detector)
+
+
+def write_detector_checkpoint(path: str, seed: int = 0) -> str:
+    """A random tiny pose network saved as a `PoseEstimatorModule` checkpoint (hyper-parameters +
+    state dict: what `NetworkDetector(checkpoint=...)` reads)."""
+    from grpose.pose import PoseEstimatorModule, PoseNetwork
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        module = PoseEstimatorModule(PoseNetwork(widths=(8, 8, 8, 8), channels=8,
+                                                 head_channels=8))
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()},
+               path)
+    return path
+
+
+def detector_spec(folder: str) -> dict:
+    """A bundle's detector spec: the tiny random network, decoding every centre (so that each
+    image gets a detected person and an OKS)."""
+    from grpose.pipeline.bundle import copy_into
+    from grpose.pose.detector import NetworkDetector
+    os.makedirs(folder, exist_ok=True)
+    name = copy_into(folder, write_detector_checkpoint(os.path.join(folder, "net.ckpt")),
+                     "detector.ckpt")
+    return spec(NetworkDetector, checkpoint=name,
+                decode={"center_threshold": 0.0, "max_people": 1})

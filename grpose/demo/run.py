@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
+from grpose.demo.bundles import write_bundles
 from grpose.demo.models import REPOSEDM, base_stage, method_stage
 from grpose.demo.report import collect_grids, pair_notes, summarise, write_report
 from grpose.demo.scoring import REAL, score_stage
@@ -139,5 +140,6 @@ def run(cfg: DemoConfig, title: str = "grpose demo results") -> dict:
                    stage_seconds={name: info["seconds"] for name, info in stages.items()})
     results["wall_seconds"] = round(time.time() - start, 1)  # this run (reused stages cost ~0)
     collect_grids(stages, cfg.out)
+    results["bundles"] = write_bundles(cfg, stages, rows, seeds)
     write_report(results, cfg.out, title)
     return results

@@ -84,17 +84,35 @@ def spec(target, **init_args) -> dict:
     return {"class_path": f"{target.__module__}.{target.__qualname__}", "init_args": init_args}
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    if os.path.exists(target):
+        os.remove(target)
+    try:
+        os.link(source, target)  # written once, never modified: a hard link saves the space
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def copy_into(folder: str, source: str, name: str) -> str:
-    """Copy a file or folder into the bundle `folder` as `name`; returns `name` (for a spec)."""
+    """Put a file or folder into the bundle `folder` as `name` (hard links where the file system
+    allows, else copies); returns `name` (for a spec)."""
     target = os.path.join(folder, name)
     if os.path.isdir(source):
-        shutil.copytree(source, target, dirs_exist_ok=True)
+        shutil.copytree(source, target, dirs_exist_ok=True, copy_function=_link_or_copy)
     elif os.path.isfile(source):
         os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        shutil.copyfile(source, target)
+        _link_or_copy(source, target)
     else:
         raise FileNotFoundError(f"{source}: nothing to copy into the bundle {folder}")
     return name
+
+
+def sampler_settings(module: PoseDiffusionModule) -> SamplerSettings:
+    """A model's sampling settings (steps, guidance, negative prompt, scales, seed)."""
+    hp, g = module.hparams, module.guidance
+    return SamplerSettings(hp.num_inference_steps, g.scale, g.pose_scale,
+                           g.pose_in_unconditional, hp.negative_prompt, hp.conditioning_scale,
+                           hp.eta, hp.seed)
 
 
 def write_tensors(state: dict[str, torch.Tensor], path: str) -> None:
@@ -112,10 +130,13 @@ def save_text_encoder(encoder: torch.nn.Module, folder: str,
 
 
 def save_bundle(folder: str, module: PoseDiffusionModule, parts: dict, render: RenderSettings,
-                name: str | None = None, detector: dict | None = None) -> str:
-    """Write `module`'s method, sampler defaults and latent scale with the base's `parts` specs
-    (files already in `folder` named relative to it: `copy_into`, `save_text_encoder`), the
-    `render` settings and an optional pose `detector` spec, as the bundle `folder`."""
+                name: str | None = None, detector: dict | None = None,
+                sampler: SamplerSettings | None = None, trained_unet: bool | None = None) -> str:
+    """Write `module`'s method, sampler defaults (or `sampler`) and latent scale with the base's
+    `parts` specs (files already in `folder` named relative to it: `copy_into`,
+    `save_text_encoder`), the `render` settings and an optional pose `detector` spec, as the
+    bundle `folder`. `trained_unet` (default: the module trains its UNet) also stores the whole
+    UNet, loaded over the base's after the method is attached (HumanSD)."""
     missing = [p for p in PARTS if p not in parts]
     if missing:
         raise ValueError(f"save_bundle {folder}: no spec for the base's {missing}")
@@ -128,16 +149,13 @@ def save_bundle(folder: str, module: PoseDiffusionModule, parts: dict, render: R
             method_spec["settings"][key] = copy_into(folder, value, os.path.basename(value))
     with open(os.path.join(folder, SPEC), "w") as f:
         f.write(json.dumps(method_spec, indent=2) + "\n")
-    trained_unet = "unet" in module.trainable
+    trained_unet = "unet" in module.trainable if trained_unet is None else trained_unet
     if trained_unet:
         write_tensors(module.unet.state_dict(), os.path.join(folder, TRAINED_UNET))
-    hp, guidance = module.hparams, module.guidance
-    sampler = SamplerSettings(hp.num_inference_steps, guidance.scale, guidance.pose_scale,
-                              guidance.pose_in_unconditional, hp.negative_prompt,
-                              hp.conditioning_scale, hp.eta, hp.seed)
+    sampler = sampler or sampler_settings(module)
     record = {"format": FORMAT, "name": name or os.path.basename(os.path.normpath(folder)),
               "method": method_spec["name"], "parts": {p: parts[p] for p in PARTS},
-              "latent_scale": float(hp.latent_scale), "render": asdict(render),
+              "latent_scale": float(module.hparams.latent_scale), "render": asdict(render),
               "sampler": asdict(sampler), "detector": detector, "trained_unet": trained_unet}
     with open(os.path.join(folder, BUNDLE + ".tmp"), "w") as f:
         f.write(json.dumps(record, indent=2) + "\n")

@@ -13,7 +13,7 @@ from grpose.data.batch import PoseSample, collate_pose_samples
 from grpose.data.render import render_pose, to_model_range
 from grpose.diffusion.module import PoseDiffusionModule
 from grpose.pipeline.bundle import (Bundle, RenderSettings, SamplerSettings, build_detector,
-                                    load_bundle, read_bundle, save_bundle)
+                                    load_bundle, read_bundle, sampler_settings, save_bundle)
 from grpose.pipeline.poses import resolve_pose
 from grpose.pose.decode import match_people
 from grpose.pose.detector import PoseDetector
@@ -103,10 +103,8 @@ class PosePipeline:
 
     @property
     def sampler(self) -> SamplerSettings:
-        hp, g = self.module.hparams, self.module.guidance
-        return SamplerSettings(hp.num_inference_steps, g.scale, g.pose_scale,
-                               g.pose_in_unconditional, hp.negative_prompt,
-                               hp.conditioning_scale, hp.eta, hp.seed)
+        """The model's sampling defaults."""
+        return sampler_settings(self.module)
 
     def batch(self, prompt: str, people: np.ndarray, num_images: int):
         """The `PoseBatch` of `num_images` copies of one prompt and pose."""
