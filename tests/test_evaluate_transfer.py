@@ -124,3 +124,23 @@ def test_command_line_with_the_synthetic_config(pairs, tmp_path):
     assert (tmp_path / "out" / "results.md").is_file()
     with pytest.raises(SystemExit):  # a misspelt option is an error, not ignored
         cli(["--config", "configs/eval/transfer_synthetic.yaml", "--images", "x", "--lpips=y"])
+
+
+def test_reference_folders(pairs, tmp_path):
+    """tools/transfer_references.py: the target scores perfectly; JPEG and a resize round trip
+    cost a little SSIM (the more, the coarser); the copied source is the floor."""
+    from tools.transfer_references import degrade
+    from tools.transfer_references import main as references
+    scores = {}
+    for name, opts in {"target": {}, "jpeg95": {"jpeg_quality": 95},
+                       "jpeg50": {"jpeg_quality": 50},
+                       "resize": {"resize_to": 32, "resize_filter": "bicubic"},
+                       "source": {"kind": "source"}}.items():
+        assert references(pairs, str(tmp_path / name), **opts) == len(pairs)
+        scores[name] = evaluate_transfer_folder(str(tmp_path / name), pairs)["metrics"]
+    ssim = {k: v["ssim_gaussian"] for k, v in scores.items()}
+    assert ssim["target"] == pytest.approx(1)
+    assert 1 > ssim["jpeg95"] > ssim["jpeg50"] > ssim["source"]
+    assert 1 > ssim["resize"] > ssim["source"]
+    with pytest.raises(ValueError, match="resize_filter must be one of"):
+        degrade(np.zeros((4, 4, 3), np.uint8), resize_to=2, resize_filter="cubic")
