@@ -6,6 +6,7 @@ import json
 import os
 import stat
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +90,46 @@ def test_a_bad_bundle_is_one_error_naming_the_field(tmp_path, tiny_parts, edit, 
 def test_a_folder_without_bundle_json_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a bundle"):
         read_bundle(str(tmp_path))
+
+
+def test_the_demo_writes_bundles_the_pipeline_reads(tmp_path, tiny_parts, pose_batch,
+                                                    perturb_zero_parameters, one_thread):
+    """`write_bundles` on a demo run's stage records (tiny stand-ins): each bundle samples what
+    the demo's own model does with the scale its scoring chose, bit for bit."""
+    from grpose.demo.bundles import inputs_of, write_bundles
+    from grpose.demo.models import load_model
+    from grpose.demo.run import DemoConfig
+    from grpose.pipeline import PosePipeline
+    from tiny_bundles import write_detector_checkpoint
+    unet, vae, _ = tiny_parts
+    unet.save_pretrained(tmp_path / "base")
+    vae.save_pretrained(tmp_path / "vae")
+    stages = {"vae": {"vae_dir": str(tmp_path / "vae"), "latent_scale": 1.7},
+              "base": {"unet_dir": str(tmp_path / "base")},
+              "pose": {"checkpoint": write_detector_checkpoint(str(tmp_path / "pose.ckpt"))},
+              "score/no_pose-s0": {"scale": 1.0}}
+    for name, scale in (("grpose_skeleton", 3.0), ("humansd", 2.0)):
+        module = tiny_module(tiny_parts, name, perturb_zero_parameters)
+        torch.save(module.method.state_dict(), tmp_path / f"{name}.pt")
+        stages[f"{name}-s0"] = {"weights": str(tmp_path / f"{name}.pt")}
+        if name == "humansd":
+            torch.save(module.unet.state_dict(), tmp_path / "unet.pt")
+            stages[f"{name}-s0"]["unet"] = str(tmp_path / "unet.pt")
+        stages[f"score/{name}-s0"] = {"scale": scale}
+    cfg = DemoConfig(out=str(tmp_path / "run"), sample_steps=2)
+    rows = ["no_pose", "grpose_skeleton", "humansd", "grpose_skeleton+reposedm"]
+    written = write_bundles(cfg, stages, rows, [0])
+    assert [os.path.basename(b) for b in written] == [
+        "no_pose-s0", "grpose_skeleton-s0", "humansd-s0"]
+    for folder, row in zip(written, rows):
+        pipe = PosePipeline.from_pretrained(folder)
+        scale = stages[f"score/{row}-s0"]["scale"]
+        assert pipe.sampler.conditioning_scale == scale and pipe.render.scale == cfg.render_scale
+        assert pipe.detector is not None and pipe.sampler.num_inference_steps == 2
+        model = load_model(cfg, inputs_of(stages, row, 0), row, 0)
+        batch = collate_pose_samples([SyntheticPoseDataset(
+            1, seed=3, split="val", resolution=64, render_scale=cfg.render_scale)[0]])
+        expected = model.generate(batch, [4], scale=scale)
+        out = pipe(batch.captions[0], batch.keypoints[0].numpy(), seed=4)
+        pixels = ((expected[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        assert torch.equal(torch.from_numpy(np.array(out.images[0])).permute(2, 0, 1), pixels)

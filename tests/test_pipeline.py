@@ -3,6 +3,7 @@ bit; poses from arrays, COCO and OpenPose JSON files and photos; bad input is on
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from grpose.data.skeletons import coco_to_openpose18
 from grpose.pipeline import PoseError, PosePipeline, parse_pose_json, read_pose_file
 from grpose.pipeline.poses import resolve_pose
 from grpose.pose import NetworkDetector, PoseNetwork
+from conftest import person
 from tiny_bundles import RENDER, tiny_module, write_tiny_bundle
 
 
@@ -138,3 +140,64 @@ def test_a_detector_scores_each_image(tiny_parts, sample, perturb_zero_parameter
     out = PosePipeline(module, RENDER, Echo())("a person", target, num_images=2,
                                                num_inference_steps=1)
     assert out.oks == [pytest.approx(1.0)] * 2 and len(out.detected) == 2
+
+
+def test_generate_tool_writes_the_images_and_says_where(tmp_path, tiny_parts, capsys,
+                                                       perturb_zero_parameters):
+    from tools.generate import main
+    folder = write_tiny_bundle(str(tmp_path / "gr"), tiny_parts,
+                               tiny_module(tiny_parts, "grpose_skeleton", perturb_zero_parameters))
+    out = tmp_path / "out"
+    paths = main(["--bundle", folder, "--prompt", "a person", "--pose",
+                  "docs/poses/example_openpose.json", "--out", str(out), "--num-images", "2",
+                  "--seed", "9", "--steps", "1"])
+    assert [p.split("/")[-1] for p in paths] == ["gr-seed9.png", "gr-seed10.png"]
+    assert (out / "pose.png").is_file() and all((out / p.split("/")[-1]).is_file() for p in paths)
+    assert f"wrote 2 image(s) and pose.png to {out}" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text('{"people": [{"pose_keypoints_2d": [0, 0]}]}')
+    with pytest.raises(SystemExit) as err:
+        main(["--bundle", folder, "--prompt", "x", "--pose", str(tmp_path / "bad.json")])
+    assert err.value.code == 1
+    assert "error: " in capsys.readouterr().err
+
+
+def test_from_checkpoint_and_save_pretrained(tmp_path, tiny_parts, sample, perturb_zero_parameters,
+                                             one_thread):
+    import lightning as L
+    module = tiny_module(tiny_parts, "controlnet", perturb_zero_parameters)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    unet, vae, text = tiny_parts
+    pipe = PosePipeline.from_checkpoint(str(tmp_path / "last.ckpt"), RENDER, unet=unet, vae=vae,
+                                        text_encoder=text, method=module.method.__class__(
+                                            **module.method.settings),
+                                        noise_scheduler=module.noise_scheduler)
+    expected = PosePipeline(module, RENDER)("a person", sample.keypoints.numpy(), seed=2)
+    got = pipe("a person", sample.keypoints.numpy(), seed=2, guidance_scale=2.0)
+    assert np.array_equal(np.asarray(got.images[0]), np.asarray(expected.images[0]))
+    with pytest.raises(ValueError, match="pass parts= specs"):  # parts given: configs unknown
+        pipe.save_pretrained(str(tmp_path / "bundle"))
+
+
+@pytest.mark.slow
+def test_a_cli_checkpoint_becomes_a_bundle_that_predict_reads(tmp_path, capsys):
+    from grpose.cli import main
+    from test_cli import CONFIGS, cli_args
+    cli = main(cli_args(tmp_path, "--trainer.max_steps=1"))
+    ckpt = os.path.join(cli.trainer.log_dir, "checkpoints", "last.ckpt")
+    pipe = PosePipeline.from_checkpoint(ckpt, RENDER)
+    folder = pipe.save_pretrained(str(tmp_path / "bundle"))  # the base from the CLI's configs
+    people = np.stack([person(30, 10)])
+    a = pipe("a person", people, seed=1, num_inference_steps=2).images[0]
+    b = PosePipeline.from_pretrained(folder)("a person", people, seed=1,
+                                             num_inference_steps=2).images[0]
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    predicted = main(["predict", *CONFIGS, f"--model.init_args.method_weights={folder}",
+                      f"--predict_writer.out_dir={tmp_path / 'pred'}", "--trainer.logger=false",
+                      f"--trainer.default_root_dir={tmp_path}",
+                      "--data.init_args.eval_batch_size=2",
+                      "--data.init_args.val.init_args.num_samples=2",
+                      "--model.init_args.num_inference_steps=1"])
+    for k, v in cli.model.method.state_dict().items():  # the bundle's method, read by predict
+        assert torch.equal(predicted.model.method.state_dict()[k], v)

@@ -12,7 +12,7 @@ from PIL import Image
 from grpose.data.batch import PoseSample, collate_pose_samples
 from grpose.data.render import render_pose, to_model_range
 from grpose.diffusion.module import PoseDiffusionModule
-from grpose.pipeline.bundle import (Bundle, RenderSettings, SamplerSettings, build_detector,
+from grpose.pipeline.bundle import (PARTS, Bundle, RenderSettings, SamplerSettings, build_detector,
                                     load_bundle, read_bundle, sampler_settings, save_bundle)
 from grpose.pipeline.poses import resolve_pose
 from grpose.pose.decode import match_people
@@ -64,8 +64,10 @@ class PosePipeline:
     """
 
     def __init__(self, module: PoseDiffusionModule, render: RenderSettings,
-                 detector: PoseDetector | None = None, name: str = "model"):
+                 detector: PoseDetector | None = None, name: str = "model",
+                 parts: dict | None = None):
         self.module, self.render, self.detector, self.name = module.eval(), render, detector, name
+        self.parts = parts  # the base's specs, when known (`save_pretrained`)
 
     @classmethod
     def from_pretrained(cls, folder: str, detector: PoseDetector | str | None = FROM_BUNDLE,
@@ -87,18 +89,20 @@ class PosePipeline:
         `render_scale` and `resolution`)."""
         module = PoseDiffusionModule.load_from_checkpoint(checkpoint, map_location="cpu",
                                                           **kwargs)
-        return cls(module, render, detector, os.path.basename(checkpoint))
+        stored = torch.load(checkpoint, map_location="cpu", weights_only=True,
+                            mmap=True).get("hyper_parameters", {})
+        parts = {p: _plain_spec(stored[p]) for p in PARTS
+                 if _is_spec(stored.get(p)) and p not in kwargs}
+        return cls(module, render, detector, os.path.basename(checkpoint),
+                   parts if len(parts) == len(PARTS) else None)
 
     def save_pretrained(self, folder: str, parts: dict | None = None) -> str:
-        """Write this pipeline as a bundle; `parts`: the base's specs (default: the configs the
-        CLI stored in the module's hyper-parameters)."""
+        """Write this pipeline as a bundle; `parts`: the base's specs (default: those of the
+        checkpoint's configs, `from_checkpoint`)."""
+        parts = parts or self.parts
         if parts is None:
-            stored = {p: self.module.hparams.get(p) for p in ("unet", "vae", "text_encoder")}
-            missing = [p for p, v in stored.items() if not _is_spec(v)]
-            if missing:
-                raise ValueError(f"save_pretrained: the module holds no config for {missing} "
-                                 "(built in Python): pass parts= specs")
-            parts = {p: _plain_spec(v) for p, v in stored.items()}
+            raise ValueError("save_pretrained: the base's configs are unknown (a model built in "
+                             "Python, or parts given to from_checkpoint): pass parts= specs")
         return save_bundle(folder, self.module, parts, self.render, name=self.name)
 
     @property
