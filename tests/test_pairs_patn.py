@@ -156,7 +156,7 @@ def test_data_configs_build(tmp_path, name):
     cfg["init_args"].update(num_workers=0, pin_memory=False)
     parser = ArgumentParser()
     parser.add_argument("--data", type=PoseDataModule)
-    dm = parser.instantiate_classes(parser.parse_object({"data": cfg})).data
+    dm = parser.instantiate(parser.parse_object({"data": cfg})).data
     batch = next(iter(dm.val_dataloader()))
     size = cfg["init_args"]["val"]["init_args"].get("size") or [64, 64]
     assert tuple(batch.image.shape[-2:]) == tuple(size)

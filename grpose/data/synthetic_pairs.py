@@ -177,7 +177,8 @@ class SyntheticPairs(Dataset):
         resolution: image side (square).
         pairs_per_identity: consecutive pairs showing the same identity in other poses.
         pose_style / render_scale: how both poses are rendered (see `render_pose`).
-        caption_dropout: probability of an empty caption (training; drawn per item and epoch).
+        caption_dropout: probability of an empty caption, drawn per item and epoch (default 0.1
+            in training, 0 otherwise).
     """
 
     collate_fn = staticmethod(collate_pair_samples)
