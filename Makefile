@@ -15,7 +15,7 @@ POSE ?= docs/poses/example_openpose.json
 PROMPT ?= a person standing, one arm raised
 OUT ?= runs/generate
 
-.PHONY: help install lock demo compare generate app test test-all test-gpu train eval eval-transfer bench bench-sample bench-detector gpu-wheels gpu-check clean
+.PHONY: help install lock demo compare compare-transfer generate app test test-all test-gpu train eval eval-transfer bench bench-sample bench-detector gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ demo: install  ## the main job offline: train and evaluate GRPose, ControlNet, n
 
 compare: install  ## every method (+ GRPose with RePoseDM) on the same base and budget, 3 seeds, mean +- std (CPU)
 	$(PY) -m grpose.demo compare $(ARGS)
+
+compare-transfer: install  ## pose transfer: every transfer method (+ RePoseDM guidance) on synthetic pairs, 3 seeds, mean +- std (CPU)
+	$(PY) -m grpose.demo compare-transfer $(ARGS)
 
 generate: install  ## images for your own pose: make generate POSE=pose.json|photo.png PROMPT="..." [BUNDLE=... OUT=... ARGS=...]
 	$(PY) tools/generate.py --bundle $(BUNDLE) --pose "$(POSE)" --prompt "$(PROMPT)" --out $(OUT) $(ARGS)

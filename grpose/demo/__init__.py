@@ -9,22 +9,32 @@ everything with the pose network (AP, CAP, PCE) and FID / KID on its features.
 `python -m grpose.demo compare`: the same for every registered method and GRPose + RePoseDM
 guidance, over seeds 0, 1, 2 (mean +- standard deviation) -> runs/compare/results.{md,json}.
 
+`python -m grpose.demo compare-transfer`: every pose-transfer method and `reposedm` with
+RePoseDM guidance on the synthetic pairs, 3 seeds, beside the target's VAE round trip (ceiling)
+and the source copied (floor) -> runs/compare_transfer/results.{md,json}, grid.png.
+
 Stages run two at a time in worker processes; each reuses its earlier output while its
 settings have not changed.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict
 
 from grpose.demo.run import COMPARE, QUICK, DemoConfig, run
 
 
 def main(argv=None) -> dict:
-    """`python -m grpose.demo [compare] [--flags]`: run the demo or the comparison."""
+    """`python -m grpose.demo [compare | compare-transfer] [--flags]`: run the demo or a
+    comparison."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare-transfer"]:
+        return compare_transfer(argv[1:])
     p = argparse.ArgumentParser(prog="python -m grpose.demo", description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("command", nargs="?", choices=("demo", "compare"), default="demo")
+    p.add_argument("command", nargs="?", choices=("demo", "compare", "compare-transfer"),
+                   default="demo")
     for field, value in asdict(DemoConfig()).items():
         p.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=None,
                        help=f"default {value!r} (compare: {COMPARE[field]!r})"
@@ -37,6 +47,22 @@ def main(argv=None) -> dict:
     cfg = DemoConfig(**{**preset, **given})
     title = "grpose method comparison" if command == "compare" else "grpose demo results"
     return run(cfg, title)
+
+
+def compare_transfer(argv: list[str]) -> dict:
+    """`python -m grpose.demo compare-transfer [--flags]` (`TransferConfig`'s fields)."""
+    from grpose.demo.transfer import TransferConfig, run as run_transfer
+    p = argparse.ArgumentParser(prog="python -m grpose.demo compare-transfer",
+                                description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    for field, value in asdict(TransferConfig()).items():
+        p.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=None,
+                       help=f"default {value!r}")
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (for tests)")
+    args = vars(p.parse_args(argv))
+    preset = {**QUICK, "num_fid_real": 16, "scales": "1"} if args.pop("quick") else {}
+    given = {k: v for k, v in args.items() if v is not None}
+    return run_transfer(TransferConfig(**{**preset, **given}))
 
 
 __all__ = ["DemoConfig", "main", "run"]

@@ -152,7 +152,8 @@ class PoseOnly(PoseMethod):
         if pose.shape[-2:] != grid:
             raise ValueError(f"{type(self).__name__}: pose image "
                              f"{tuple(cond.pose_image.shape[-2:])} / downscale_factor "
-                             f"{self.downscale_factor} is not the latent grid {tuple(grid)}: set downscale_factor to the VAE's factor")
+                             f"{self.downscale_factor} is not the latent grid {tuple(grid)}: "
+                             "set downscale_factor to the VAE's factor")
         maps = keypoint_heatmaps(cond.keypoints, cond.pose_image.shape[-2:], grid, self.sigma)
         x = torch.cat([pose, maps.to(dtype)], 1) * cond.active.view(-1, 1, 1, 1).to(dtype)
         return self.pose_encoder(x)

@@ -1,0 +1,174 @@
+"""The pose-transfer comparison's own stages (`make compare-transfer`): the synthetic pairs
+drawn once into a file, the autoencoder and the text-to-image base trained on their images,
+one transfer method per (name, seed), and a trained model loaded back for sampling."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from grpose.data import PoseDataModule
+from grpose.data.pairs import PairSample, collate_pair_samples
+from grpose.data.synthetic_pairs import SyntheticPairs
+from grpose.demo.models import schedule
+from grpose.demo.stages import (CONFIGS, VAE, build_object, model_spec, run_stage, text_encoder,
+                                trainer)
+from grpose.diffusion import PoseDiffusionModule
+from grpose.diffusion.autoencoder import AutoencoderModule
+from grpose.diffusion.components import load_unet, load_vae, noise_scheduler, tiny_unet, tiny_vae
+from grpose.diffusion.guidance import ClassifierFreeGuidance
+from grpose.diffusion.losses import PoseWeightedMSE
+from grpose.methods import NoPose, method_from_config
+
+GUIDED = "reposedm+guidance"
+"""The row of `reposedm` sampled with RePoseDM's pose-field gradient guidance."""
+IMAGES = ("source_image", "source_pose_image", "image", "pose_image")
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+class CachedPairs(Dataset):
+    """Pairs drawn once by `pairs_stage` (a file of uint8 images), served as `PairSample`s; a
+    training set drops captions with probability `caption_dropout`, per (item, epoch)."""
+
+    collate_fn = staticmethod(collate_pair_samples)
+
+    def __init__(self, path: str, caption_dropout: float = 0.0, seed: int = 0):
+        self.data = torch.load(path, weights_only=False)
+        self.caption_dropout, self.seed = caption_dropout, seed
+        self.resolution = self.data["image"].shape[-1]
+
+    def __len__(self) -> int:
+        return len(self.data["captions"])
+
+    def __getitem__(self, key) -> PairSample:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        d = self.data
+        caption = d["captions"][index]
+        if self.caption_dropout > 0 and np.random.default_rng(
+                [self.seed, 23, epoch, index]).random() < self.caption_dropout:
+            caption = ""
+        images = {k: d[k][index].float() / 127.5 - 1 for k in IMAGES}
+        return PairSample(**images, source_keypoints=d["source_keypoints"][index],
+                          keypoints=d["keypoints"][index], caption=caption,
+                          meta=dict(d["meta"][index]), target_parts=d["target_parts"][index])
+
+
+def pairs_stage(cfg, inputs) -> dict:
+    """`num_train` training, `num_val` held-out and `num_tune` tuning pairs (identities of
+    another seed) of `SyntheticPairs`, each split in one file."""
+    splits = {"training": (cfg.num_train, cfg.seed, "training"),
+              "validation": (cfg.num_val, cfg.seed, "validation"),
+              "tuning": (cfg.num_tune, cfg.seed + 2, "validation")}
+
+    def build(d):
+        info = {}
+        for name, (num, seed, split) in splits.items():
+            ds = SyntheticPairs(num, seed=seed, split=split, resolution=cfg.resolution,
+                                render_scale=cfg.render_scale, caption_dropout=0.0)
+            b = collate_pair_samples([ds[i] for i in range(num)])
+            data = {k: to_uint8(getattr(b, k)) for k in IMAGES}
+            data.update(source_keypoints=[b.source_people(i) for i in range(num)],
+                        keypoints=[b.people(i) for i in range(num)],
+                        target_parts=b.target_parts, captions=b.captions,
+                        meta=[{k: v for k, v in m.items() if k != "part_colors"}
+                              for m in b.meta])
+            info[name] = os.path.join(d, f"{name}.pt")
+            torch.save(data, info[name])
+        return info
+    return run_stage(cfg, "pairs", dict(splits=splits, r=cfg.resolution,
+                                        render=cfg.render_scale), build)
+
+
+def pairs_vae_stage(cfg, inputs) -> dict:
+    def build(d):
+        train = CachedPairs(inputs["pairs"]["training"])
+        module = AutoencoderModule(tiny_vae(VAE["channels"], cfg.seed,
+                                            mid_attention=VAE["mid_attention"]),
+                                   init_logvar=VAE["init_logvar"], lr=cfg.vae_lr,
+                                   lr_warmup_steps=cfg.warmup_steps, lr_decay=cfg.lr_decay,
+                                   crop_size=cfg.vae_crop or None, seed=cfg.seed)
+        trainer(cfg, "vae", cfg.vae_steps).fit(module, PoseDataModule(
+            train=train, batch_size=cfg.batch_size, seed=cfg.seed))
+        module.vae.save_pretrained(d)
+        images = torch.stack([train[i].image for i in range(min(64, len(train)))])
+        return {"vae_dir": d, "latent_scale": module.latent_scale(images)}
+    return run_stage(cfg, "vae", dict(steps=cfg.vae_steps, arch=VAE, lr=cfg.vae_lr,
+                                      crop=cfg.vae_crop, **schedule(cfg),
+                                      pairs=inputs["pairs"]["settings"]), build)
+
+
+def diffusion(cfg, inputs: dict, unet, method, seed: int, **kwargs) -> PoseDiffusionModule:
+    """The shared frozen parts; sampling with separate guidance over source and pose."""
+    vae = inputs["vae"]
+    guidance = ClassifierFreeGuidance(cfg.guidance_scale, source_scale=cfg.source_scale)
+    return PoseDiffusionModule(unet, load_vae(vae["vae_dir"], subfolder=None), text_encoder(),
+                               method, noise_scheduler(), latent_scale=vae["latent_scale"],
+                               num_inference_steps=cfg.sample_steps, negative_prompt="",
+                               guidance=guidance, seed=seed, **{"cache_frozen": True, **kwargs})
+
+
+def pairs_base_stage(cfg, inputs) -> dict:
+    def build(d):
+        train = CachedPairs(inputs["pairs"]["training"], 0.1, cfg.seed)
+        module = diffusion(cfg, inputs, tiny_unet(seed=cfg.seed), NoPose(), cfg.seed,
+                           trainable=["unet"], loss=PoseWeightedMSE(alpha=1.0), lr=cfg.base_lr,
+                           **schedule(cfg))
+        trainer(cfg, "base", cfg.base_steps).fit(module, PoseDataModule(
+            train=train, batch_size=cfg.batch_size, seed=cfg.seed))
+        module.unet.save_pretrained(d)
+        return {"unet_dir": d}
+    return run_stage(cfg, "base", dict(steps=cfg.base_steps, lr=cfg.base_lr, **schedule(cfg),
+                                       vae=inputs["vae"]["settings"]), build)
+
+
+def config_path(name: str) -> str:
+    return os.path.join(CONFIGS, "method", "tiny", f"transfer_{name}.yaml")
+
+
+def method_spec(name: str) -> dict:
+    return model_spec(os.path.join("method", "tiny", f"transfer_{name}.yaml"))
+
+
+def module_options(name: str) -> dict:
+    """The training options of the method's tiny config besides the method (loss, dropout)."""
+    return {k: build_object(v, f"{config_path(name)}: model.init_args.{k}")
+            for k, v in method_spec(name).items() if k != "method"}
+
+
+def transfer_stage(cfg, inputs, name: str, seed: int) -> dict:
+    """Transfer method `name` trained on the frozen base with the shared budget; `seed` sets
+    its initialisation, data order, noise, dropout and sampling seeds."""
+    stage = f"{name}-s{seed}"
+
+    def build(d):
+        train = CachedPairs(inputs["pairs"]["training"], 0.1, seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # the method's initialisation
+            method = method_from_config(config_path(name))
+        options = {"lr": cfg.adapter_lr, **schedule(cfg), **module_options(name)}
+        module = diffusion(cfg, inputs, load_unet(inputs["base"]["unet_dir"], subfolder=None),
+                           method, seed, **options)
+        trainer(cfg, stage, cfg.adapter_steps).fit(module, PoseDataModule(
+            train=train, batch_size=cfg.batch_size, seed=seed))
+        path = os.path.join(d, "method.pt")
+        torch.save(module.method.state_dict(), path)
+        return {"weights": path}
+    return run_stage(cfg, stage, dict(steps=cfg.adapter_steps, lr=cfg.adapter_lr,
+                                      **schedule(cfg), seed=seed, method=method_spec(name),
+                                      base=inputs["base"]["settings"]), build)
+
+
+def load_transfer(cfg, inputs: dict, row: str, seed: int) -> PoseDiffusionModule:
+    """The trained model of a row (a transfer method or `GUIDED`), for sampling."""
+    from grpose.demo.models import reposedm_hooks
+    name = "reposedm" if row == GUIDED else row
+    hooks = reposedm_hooks(inputs) if row == GUIDED else []
+    model = diffusion(cfg, inputs, load_unet(inputs["base"]["unet_dir"], subfolder=None),
+                      method_from_config(config_path(name)), seed, sampling_hooks=hooks)
+    model.method.load_state_dict(torch.load(inputs["method"]["weights"], weights_only=True))
+    return model.eval()
