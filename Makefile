@@ -83,5 +83,8 @@ bench-detector: install  ## the papers' detector: images/s, make eval per 100 im
 gpu-wheels: install  ## download into .whl/ the wheels the lent GPU machine lacks (Python 3.12; ARGS=--no-dgl)
 	$(PY) tools/gpu_wheels.py $(ARGS)
 
+gpu-check:  ## the GPU battery: CUDA tests + step / sampling / eval benchmarks -> gpu_check.{json,md} (ARGS="--out DIR", "--device cpu --tiny")
+	$(PY) tools/gpu_check.py $(ARGS)
+
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build *.egg-info .pytest_cache

@@ -168,7 +168,8 @@ def measure_memory(args, name: str) -> dict:
 def memory_in_children(args, names) -> dict:
     """`measure_memory` of each method in `names`, each in a child process of this tool."""
     common = ["--shape", args.shape, "--batch", str(args.batch), "--steps", str(args.steps),
-              "--warmup", str(args.warmup), "--device", args.device, "--dtype", args.dtype]
+              "--warmup", str(args.warmup), "--device", args.device, "--dtype", args.dtype,
+              *(["--threads", str(args.threads)] if args.threads else [])]
     results = {}
     for name in names:
         cmd = [sys.executable, os.path.abspath(__file__), *common, "--only", name, "--child"]
@@ -217,8 +218,11 @@ def main(argv=None) -> None:
     p.add_argument("--memory", action="store_true",
                    help="peak memory per method, each in its own process")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     unknown = sorted(set(args.only or ()) - set(METHODS))
     if unknown:
         p.error(f"unknown methods {unknown}; registered: {sorted(METHODS)}")
