@@ -144,3 +144,37 @@ def test_reference_folders(pairs, tmp_path):
     assert 1 > ssim["resize"] > ssim["source"]
     with pytest.raises(ValueError, match="resize_filter must be one of"):
         degrade(np.zeros((4, 4, 3), np.uint8), resize_to=2, resize_filter="cubic")
+
+
+def test_deepfashion_folder_resized_and_training_images_counted_once(tmp_path):
+    """Non-square PATN pairs; results at twice the size are resized to 256x176 before scoring;
+    the FID side reads each training image once although two pairs share a target."""
+    from grpose.data import DeepFashionPairs
+    from grpose.metrics.transfer_eval import _real_images
+    rng = np.random.default_rng(0)
+    ys, xs = json.dumps([40, 60] + [-1] * 16), json.dumps([80, 88] + [-1] * 16)
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+        for name in ("a.jpg", "b.jpg", "c.jpg"):
+            pixels = rng.integers(0, 255, (256, 176, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / split / name)
+        (tmp_path / f"fasion-resize-annotation-{split}.csv").write_text(
+            "name:keypoints_y:keypoints_x\n" + "".join(f"{n}: {ys}: {xs}\n"
+                                                       for n in ("a.jpg", "b.jpg", "c.jpg")))
+        (tmp_path / f"fasion-resize-pairs-{split}.csv").write_text(
+            "from,to\na.jpg,b.jpg\nc.jpg,b.jpg\n" + ("a.jpg,c.jpg\n" if split == "train" else ""))
+    test = DeepFashionPairs(str(tmp_path), split="test")
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for i in range(len(test)):
+        big = to_uint8(test[i].image[None])[0].repeat(2, axis=0).repeat(2, axis=1)  # 512x352
+        Image.fromarray(big).save(gen / f"{image_name(test[i].meta)}.png")
+    train = DeepFashionPairs(str(tmp_path), split="train")
+    res = evaluate_transfer_folder(str(gen), test, train, fid_extractor=TinyFeatures())
+    assert res["num_images"] == 2 and 0.5 < res["metrics"]["ssim_gaussian"] < 1
+    assert "colour_error" in res["not_computed"] and np.isfinite(res["metrics"]["fid"])
+    ids = [i for _, batch_ids in _real_images(train, None, 2) for i in batch_ids]
+    assert ids == [0, 0, 1]  # two pairs' target is train/b.jpg
+    one = DeepFashionPairs(str(tmp_path), split="test")  # targets: b.jpg twice
+    res = evaluate_transfer_folder(str(gen), test, one, fid_extractor=TinyFeatures())
+    assert res["not_computed"]["fid"] == "FID needs 2 or more images a side: 1 real, 2 generated"

@@ -127,9 +127,15 @@ def evaluate_transfer_folder(images: str, data: Dataset, real_data: Dataset | No
     if pose is not None:
         out.update(pose.compute())
     if quality is not None:
+        unique = set()
         for real_images, real_ids in _real_images(real_data, real_limit, batch_size):
             quality.update(real_images, real=True, ids=real_ids)
-        out["fid"] = float(quality.compute()["fid"])
+            unique.update(real_ids)
+        if min(len(unique), len(found)) < 2:
+            not_computed["fid"] = (f"FID needs 2 or more images a side: {len(unique)} real, "
+                                   f"{len(found)} generated")
+        else:
+            out["fid"] = float(quality.compute()["fid"])
     return {"metrics": out, "colour_error_per_part": per_part, "not_computed": not_computed,
             "num_images": len(found), "missing": missing}
 
