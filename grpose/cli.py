@@ -1,20 +1,30 @@
 """`python -m grpose fit|validate|test|predict --config ...` (LightningCLI, omegaconf mode).
 
-A bad config stops with one line `error: <field>: <problem>` (exit status 1) before anything
-is built (parse errors, missing input paths, a method / data pose-style mismatch, an unreadable
-`--ckpt_path`), or once the parts are built and before any step runs (a value a constructor
-rejects, data errors while indexing, a resolution the VAE cannot encode).
+A bad config stops with one line `error: [<file>: ]<field>: <problem>` (exit status 1) before
+anything is built (parse errors, missing input paths, a method / data pose-style mismatch, an
+unreadable `--ckpt_path`), or once the parts are built and before any step runs (a value a
+constructor rejects, data errors while indexing, a resolution the VAE cannot encode).
+
+A run lives in one folder, `<save_dir>/<name>/<version>` of its logger (`runs/tiny/main` with
+the shipped trainer configs; `--run NAME` names another): its TensorBoard logs, `config.yaml`
+and `checkpoints/`. `fit --ckpt_path last` continues it there; `fit` without it refuses a folder
+that already holds checkpoints. `predict` writes beside the checkpoint's run, not into its logs.
 """
 from __future__ import annotations
 
+import glob
 import os
 import re
 import sys
+from typing import Optional
 
-from jsonargparse import ArgumentError
+import yaml
+from jsonargparse import ArgumentError, set_loader
+from jsonargparse._loaders_dumpers import get_loader, get_loader_exceptions, set_omegaconf_loader
 from lightning.pytorch.cli import LightningCLI
 
 from grpose.callbacks.images import GenerationWriter
+from grpose.callbacks.run import checkpoint_dir, last_checkpoint, predict_dir
 from grpose.diffusion.checkpoint import read_checkpoint
 from grpose.methods import METHODS
 
@@ -26,7 +36,12 @@ NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Er
 
 
 class ConfigError(ValueError):
-    """A config that cannot run; the message names the field."""
+    """A config that cannot run; the message names the field (`parsing`: raised while reading
+    the configs, so the file that sets the field can be named)."""
+
+    def __init__(self, message: str, parsing: bool = False):
+        super().__init__(message)
+        self.parsing = parsing
 
 
 def one_line(message: str) -> str:
@@ -90,6 +105,77 @@ def check_config(config: dict) -> None:
                 raise ConfigError(f"{key}: {value!r} does not exist")
 
 
+def method_path(name):
+    """A registry name (`grpose_skeleton`) -> the method's class path; anything else unchanged."""
+    if isinstance(name, str) and name in METHODS:
+        return f"grpose.methods.{METHODS[name].__name__}"
+    return name
+
+
+def _registry_names_in(node):
+    """A loaded config with every `method: <registry name>` (or its `class_path`) replaced by the
+    method's class path."""
+    if isinstance(node, list):
+        return [_registry_names_in(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _registry_names_in(v) for k, v in node.items()}
+    method = node.get("method")
+    if isinstance(method, str):
+        node["method"] = method_path(method)
+    elif isinstance(method, dict) and "class_path" in method:
+        node["method"] = {**method, "class_path": method_path(method["class_path"])}
+    return node
+
+
+PARSER_MODE = "omegaconf_registry"  # omegaconf's loader (interpolation) + registry names
+
+
+def _register_parser_mode() -> None:
+    set_omegaconf_loader()
+    omegaconf = get_loader("omegaconf")
+    set_loader(PARSER_MODE, lambda text: _registry_names_in(omegaconf(text)),
+               get_loader_exceptions("omegaconf"))
+
+
+def config_files(args: list[str]) -> list[str]:
+    """The files given with `--config` on a command line, in order."""
+    files = []
+    for k, arg in enumerate(args):
+        if arg == "--config" and k + 1 < len(args):
+            files.append(args[k + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def _leaf_keys(node, prefix=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield f"{prefix}{key}"
+            yield from _leaf_keys(value, f"{prefix}{key}.")
+
+
+def locate(message: str, args: list[str]) -> str | None:
+    """Where the option an error message names (quoted, or as its `field:` prefix) was set: the
+    last `--config` file that sets it, "command line", or None (not found)."""
+    names = [n for n in re.findall(r"'([A-Za-z_][\w.]*)'", message)
+             if not n.startswith(("grpose.", "lightning."))]
+    names = [n for n in names or [message.split(":", 1)[0].split(" ")[0]] if n]
+    given = [a[2:].split("=", 1)[0] for a in args if a.startswith("--") and a != "--config"]
+    if any(g == n or g.endswith("." + n) for n in names for g in given):
+        return "command line"
+    for path in reversed(config_files(args)):
+        try:
+            with open(path) as f:
+                keys = set(_leaf_keys(yaml.safe_load(f)))
+        except (OSError, yaml.YAMLError):
+            continue
+        if any(k == n or k.endswith("." + n) for n in names for k in keys):
+            return path
+    return None
+
+
 class GRPoseCLI(LightningCLI):
     """LightningCLI with any `LightningModule` / `LightningDataModule` chosen by `class_path`.
 
@@ -103,7 +189,12 @@ class GRPoseCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(GenerationWriter, "predict_writer")
-        parser.set_defaults({"predict_writer.out_dir": "runs/predict"})
+        parser.add_argument("--run", type=Optional[str], default=None, help=(
+            "the run's name: its folder is <save_dir>/<name>/<run> of the logger (the shipped "
+            "trainer configs: runs/<scale>/main)"))
+        parser.add_argument("--allow_untrained", type=bool, default=False, help=(
+            "predict: sample a method that has no trained weights (no --ckpt_path, no "
+            "method_weights)"))
 
     def _subconfig(self):
         subcommand = self.config.get("subcommand")
@@ -113,7 +204,7 @@ class GRPoseCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as e:
-            raise ConfigError(one_line(str(e))) from None
+            raise ConfigError(one_line(str(e)), parsing=True) from None
         config = self._subconfig()
         ckpt = config.get("ckpt_path")
         if ckpt and ckpt not in SPECIAL_CKPT and not str(ckpt).startswith("registry") \
@@ -133,7 +224,37 @@ class GRPoseCLI(LightningCLI):
         run's (Lightning-AI/pytorch-lightning#21455)."""
 
     def before_instantiate_classes(self) -> None:
-        check_config(self._subconfig().as_dict())
+        config = self._subconfig()
+        check_config(config.as_dict())
+        subcommand = self.config.get("subcommand")
+        if config.get("run"):
+            logger = config.get("trainer.logger")
+            if not hasattr(logger, "init_args"):
+                raise ConfigError("run: needs a logger with a version (trainer.logger)")
+            config["trainer.logger.init_args.version"] = config["run"]
+        trainer = config["trainer"].as_dict()
+        folder = checkpoint_dir(trainer)
+        ckpt = config.get("ckpt_path")
+        if ckpt == "last" and folder is not None:
+            try:
+                config["ckpt_path"] = ckpt = last_checkpoint(folder, subcommand)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        if subcommand == "fit":
+            if (ckpt is None and folder is not None and not trainer.get("fast_dev_run")
+                    and glob.glob(os.path.join(folder, "*.ckpt"))):
+                raise ConfigError(
+                    f"{folder} holds the checkpoints of an earlier run: continue it with "
+                    "--ckpt_path last, or start another with --run NAME")
+            steps, every = trainer.get("max_steps") or -1, trainer.get("val_check_interval")
+            if (isinstance(every, int) and not isinstance(every, bool) and 0 < steps < every
+                    and trainer.get("check_val_every_n_epoch") is None):
+                config["trainer.val_check_interval"] = steps  # at least one validation
+        if subcommand == "predict":
+            config["trainer.logger"] = False  # the training run's logs stay as they were
+            if config.get("predict_writer.out_dir") is None:
+                config["predict_writer.out_dir"] = predict_dir(ckpt)
+            config["trainer.default_root_dir"] = config["predict_writer.out_dir"]  # config.yaml
 
     def instantiate_classes(self) -> None:
         try:
@@ -147,12 +268,27 @@ class GRPoseCLI(LightningCLI):
             raise ConfigError(" ".join(str(root).split())) from None
 
     def after_instantiate_classes(self) -> None:
+        config = self._subconfig()
+        if (self.config.get("subcommand") == "predict" and config.get("ckpt_path") is None
+                and not config.get("allow_untrained") and untrained(self.model)):
+            raise ConfigError(
+                "ckpt_path: predict without a checkpoint would sample an untrained method "
+                "(its injection is zero-initialised): give --ckpt_path (or --ckpt_path last), "
+                "or --allow_untrained")
         check = getattr(self.model, "check_data", None)
         if check is not None and self.datamodule is not None:
             try:
                 check(self.datamodule)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+
+
+def untrained(model) -> bool:
+    """A model whose method has trainable weights and was given none (`method_weights`)."""
+    method = getattr(model, "method", None)
+    if method is None or dict(getattr(model, "hparams", {})).get("method_weights"):
+        return False
+    return any(True for _ in method.parameters())
 
 
 def registry_names(args: list[str]) -> list[str]:
@@ -166,19 +302,22 @@ def registry_names(args: list[str]) -> list[str]:
         at = k if eq else k + 1
         name = value if eq else (args[at] if at < len(args) else None)
         if name in METHODS:
-            path = f"grpose.methods.{METHODS[name].__name__}"
-            args[at] = f"{key}={path}" if eq else path
+            args[at] = f"{key}={method_path(name)}" if eq else method_path(name)
     return args
 
 
 def main(args=None, run: bool = True) -> GRPoseCLI:
-    if args is None or isinstance(args, (list, tuple)):
-        args = registry_names(sys.argv[1:] if args is None else args)
+    _register_parser_mode()
+    given = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+    if args is None:  # rewritten in place: LightningCLI warns when given both
+        sys.argv[1:] = registry_names(sys.argv[1:])
+    elif isinstance(args, (list, tuple)):
+        args = registry_names(args)
     try:
         return GRPoseCLI(subclass_mode_model=True, subclass_mode_data=True,
-                         parser_kwargs={"parser_mode": "omegaconf"},
+                         parser_kwargs={"parser_mode": PARSER_MODE},
                          save_config_kwargs={"overwrite": True}, args=args, run=run)
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
-    except ArgumentError as e:  # e.g. LightningCLI applying a checkpoint's hyper-parameters
-        raise SystemExit(f"error: {one_line(str(e))}") from None
+    except (ConfigError, ArgumentError) as e:  # ArgumentError: e.g. a checkpoint's hparams
+        message = str(e) if isinstance(e, ConfigError) else one_line(str(e))
+        where = locate(message, given) if isinstance(e, ConfigError) and e.parsing else None
+        raise SystemExit(f"error: {where + ': ' if where else ''}{message}") from None

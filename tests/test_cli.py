@@ -50,7 +50,8 @@ def test_fit_reload_resume_predict(tmp_path, capsys):
                       "--model.init_args.num_inference_steps=1"])
     assert predicted.model.hparams.num_inference_steps == 1  # not the checkpoint's 2
     names = sorted(os.listdir(out))
-    assert names == ["grid_0_00000.png", "validation_000000.png", "validation_000001.png"]
+    assert names == ["config.yaml", "grid_0_00000.png", "validation_000000.png",
+                     "validation_000001.png"]  # the config that made them beside them
     assert f"predict: 2 images written to {out}" in capsys.readouterr().out  # where they went
 
 
@@ -94,5 +95,6 @@ def test_every_method_config_composes_at_both_scales(capsys, name):
 def test_tiny_grpose_configs_fit_one_step(tmp_path, name):
     cli = main(["fit", *compose(*TINY, f"method/tiny/{name}"), "--trainer.fast_dev_run=1",
                 f"--trainer.default_root_dir={tmp_path}", "--data.init_args.batch_size=2",
+                f"--trainer.logger.init_args.save_dir={tmp_path}",
                 "--model.init_args.num_inference_steps=2"])
     assert cli.trainer.global_step == 1

@@ -58,11 +58,12 @@ class PoseGridLogger(L.Callback):
 
 
 class GenerationWriter(BasePredictionWriter):
-    """Writes each generated image as `<out_dir>/<id>.png` and a `grid_<rank>_<batch>.png`."""
+    """Writes each generated image as `<out_dir>/<id>.png` and a `grid_<rank>_<batch>.png`
+    (`out_dir` None: `runs/predict`; the CLI puts it beside the checkpoint's run)."""
 
-    def __init__(self, out_dir: str, grid: bool = True):
+    def __init__(self, out_dir: str | None = None, grid: bool = True):
         super().__init__(write_interval="batch")
-        self.out_dir, self.grid = out_dir, grid
+        self.out_dir, self.grid = out_dir or "runs/predict", grid
         self.written = 0
 
     def on_predict_start(self, trainer, pl_module) -> None:
