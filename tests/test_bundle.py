@@ -92,6 +92,16 @@ def test_a_folder_without_bundle_json_says_so(tmp_path):
         read_bundle(str(tmp_path))
 
 
+def write_knowledge_base(path: str) -> str:
+    """A random tiny KB-DMGen knowledge base file (what `KnowledgeBaseModule` saves)."""
+    from grpose.methods.kb_dmgen import KnowledgeBase
+    kb = KnowledgeBase(embed_dim=16, text_width=32, num_codes=4, code_dim=8, hidden=16)
+    torch.save({"knowledge_base": dict(kb.config),
+                "state_dict": {f"knowledge.{k}": v for k, v in kb.state_dict().items()}}, path)
+    return path
+
+
+@pytest.mark.slow  # 30-70 s on the busy 2-core machine (make demo's tests run write_bundles too)
 def test_the_demo_writes_bundles_the_pipeline_reads(tmp_path, tiny_parts, pose_batch,
                                                     perturb_zero_parameters, one_thread):
     """`write_bundles` on a demo run's stage records (tiny stand-ins): each bundle samples what
@@ -107,9 +117,11 @@ def test_the_demo_writes_bundles_the_pipeline_reads(tmp_path, tiny_parts, pose_b
     stages = {"vae": {"vae_dir": str(tmp_path / "vae"), "latent_scale": 1.7},
               "base": {"unet_dir": str(tmp_path / "base")},
               "pose": {"checkpoint": write_detector_checkpoint(str(tmp_path / "pose.ckpt"))},
-              "score/no_pose-s0": {"scale": 1.0}}
-    for name, scale in (("grpose_skeleton", 3.0), ("humansd", 2.0)):
-        module = tiny_module(tiny_parts, name, perturb_zero_parameters)
+              "score/no_pose-s0": {"scale": 1.0},
+              "knowledge": {"checkpoint": write_knowledge_base(str(tmp_path / "kb.ckpt"))}}
+    for name, scale in (("grpose_skeleton", 3.0), ("humansd", 2.0), ("kb_dmgen", 2.0)):
+        module = tiny_module(tiny_parts, name, perturb_zero_parameters,
+                             knowledge_base=stages["knowledge"]["checkpoint"])
         torch.save(module.method.state_dict(), tmp_path / f"{name}.pt")
         stages[f"{name}-s0"] = {"weights": str(tmp_path / f"{name}.pt")}
         if name == "humansd":
@@ -117,16 +129,18 @@ def test_the_demo_writes_bundles_the_pipeline_reads(tmp_path, tiny_parts, pose_b
             stages[f"{name}-s0"]["unet"] = str(tmp_path / "unet.pt")
         stages[f"score/{name}-s0"] = {"scale": scale}
     cfg = DemoConfig(out=str(tmp_path / "run"), sample_steps=2)
-    rows = ["no_pose", "grpose_skeleton", "humansd", "grpose_skeleton+reposedm"]
+    rows = ["no_pose", "grpose_skeleton", "humansd", "kb_dmgen", "grpose_skeleton+reposedm"]
     written = write_bundles(cfg, stages, rows, [0])
     assert [os.path.basename(b) for b in written] == [
-        "no_pose-s0", "grpose_skeleton-s0", "humansd-s0"]
+        "no_pose-s0", "grpose_skeleton-s0", "humansd-s0", "kb_dmgen-s0"]
     for folder, row in zip(written, rows):
+        model = load_model(cfg, inputs_of(stages, row, 0), row, 0)
+        if row == "kb_dmgen":
+            os.remove(tmp_path / "kb.ckpt")  # the knowledge base travels in its bundle
         pipe = PosePipeline.from_pretrained(folder)
         scale = stages[f"score/{row}-s0"]["scale"]
         assert pipe.sampler.conditioning_scale == scale and pipe.render.scale == cfg.render_scale
         assert pipe.detector is not None and pipe.sampler.num_inference_steps == 2
-        model = load_model(cfg, inputs_of(stages, row, 0), row, 0)
         batch = collate_pose_samples([SyntheticPoseDataset(
             1, seed=3, split="val", resolution=64, render_scale=cfg.render_scale)[0]])
         expected = model.generate(batch, [4], scale=scale)

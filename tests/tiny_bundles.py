@@ -23,12 +23,15 @@ def trainable(name: str) -> list[str]:
     return args.get("trainable", ["method"])
 
 
-def tiny_module(tiny_parts, name: str, perturb, seed: int = 5) -> PoseDiffusionModule:
-    """A tiny model of method `name`, its zero-initialised outputs perturbed (so the pose acts)."""
+def tiny_module(tiny_parts, name: str, perturb, seed: int = 5,
+                knowledge_base: str | None = None) -> PoseDiffusionModule:
+    """A tiny model of method `name`, its zero-initialised outputs perturbed (so the pose acts);
+    KB-DMGen with `knowledge_base` when given."""
     unet = copy.deepcopy(tiny_parts[0])
+    overrides = {"knowledge_base": knowledge_base} if name == "kb_dmgen" and knowledge_base else {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        method = method_from_config(f"configs/method/tiny/{name}.yaml")
+        method = method_from_config(f"configs/method/tiny/{name}.yaml", **overrides)
     module = PoseDiffusionModule(unet, *tiny_parts[1:], method, noise_scheduler(),
                                  trainable=trainable(name), num_inference_steps=3,
                                  guidance=ClassifierFreeGuidance(2.0), conditioning_scale=2.0,
