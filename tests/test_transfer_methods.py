@@ -255,3 +255,34 @@ def test_source_guidance_needs_a_source(tiny_parts, tiny_batch):
                             guidance=ClassifierFreeGuidance(2.0, source_scale=1.5)).eval()
     with pytest.raises(ValueError, match="needs a condition with a source"):
         m.generate(tiny_batch)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sd15_deepfashion_run_configs_compose(capsys, name):
+    """trainer + SD 1.5 base + DeepFashion pairs + the transfer run + the method parse against
+    the code (no weights loaded)."""
+    import yaml
+
+    from grpose.cli import main
+    args = [a for c in ("trainer/gpu8", "base/sd15", "data/deepfashion_pairs",
+                        "data/deepfashion_transfer", f"method/transfer_{name}")
+            for a in ("--config", f"configs/{c}.yaml")]
+    with pytest.raises(SystemExit) as e:
+        main(["fit", *args, "--print_config"])
+    assert e.value.code in (0, None)
+    model = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert model["method"]["class_path"] == f"grpose.methods.{TRANSFER_METHODS[name].__name__}"
+    assert model["guidance"]["init_args"]["source_scale"] == 2.0
+    assert model["method"]["init_args"]["downscale_factor"] == 8
+    assert model["source_dropout"] == model["pose_dropout"] == 0.1
+
+
+@pytest.mark.slow
+def test_tiny_transfer_config_fits_one_step_through_the_cli(tmp_path):
+    from grpose.cli import main
+    args = [a for c in ("trainer/cpu", "base/tiny", "data/synthetic_pairs_tiny",
+                        "method/tiny/transfer_reposedm") for a in ("--config", f"configs/{c}.yaml")]
+    cli = main(["fit", *args, "--trainer.fast_dev_run=1", f"--trainer.default_root_dir={tmp_path}",
+                f"--trainer.logger.init_args.save_dir={tmp_path}", "--data.init_args.batch_size=2",
+                "--model.init_args.num_inference_steps=2"])
+    assert cli.trainer.global_step == 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields, replace
 
 import lightning as L
 import numpy as np
@@ -48,8 +49,8 @@ class PoseGridLogger(L.Callback):
             return
         b = self._batch
         n = min(self.num_images, len(b))
-        sub = PoseBatch(b.image[:n], b.pose_image[:n], b.keypoints[:n], b.person_mask[:n],
-                        b.captions[:n], b.meta[:n])
+        sub = replace(b, **{f.name: getattr(b, f.name)[:n] for f in fields(b)
+                            if getattr(b, f.name) is not None})  # PoseBatch or PairBatch
         grid = pose_grid(sub, pl_module.generate(sub))
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
