@@ -58,6 +58,14 @@ def log(msg: str) -> None:
     print(f"[gpu_check {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def over_budget(args, what: str) -> bool:
+    """True (and logged) once `--budget-s` has passed since the start: `what` is skipped."""
+    late = time.perf_counter() > args.deadline
+    if late:
+        log(f"skipped {what}: past the {args.budget_s:.0f} s budget")
+    return late
+
+
 def section_env(args) -> dict:
     versions = {}
     for name in PACKAGES:
@@ -149,18 +157,25 @@ def section_step(args) -> dict:
                skipped=skipped, settings={})
     inputs = make_inputs(args.shape, args.batch, device)
 
-    def setting(label, chosen, inputs, checkpointing, **kw):
+    def flops_of(label, scale=1.0):  # FLOPs per step of a setting already run, scaled
+        methods = out["settings"].get(label, {}).get("methods", {})
+        return {n: r["flops_per_step"] * scale for n, r in methods.items()
+                if r.get("flops_per_step")}
+
+    def setting(label, chosen, inputs, checkpointing, warmup=None, n=None, flops_from=None,
+                **kw):
         if checkpointing:
             unet.enable_gradient_checkpointing()
         else:
             unet.disable_gradient_checkpointing()
         log(f"step: {label} ({len(chosen)} methods, batch {len(inputs['captions'])})")
         start = time.perf_counter()
-        res = run_setting(chosen, inputs, args.step_warmup, args.step_n, peak, log,
+        res = run_setting(chosen, inputs, args.step_warmup if warmup is None else warmup,
+                          args.step_n if n is None else n, peak, log,
                           checkpointing=checkpointing, **kw)
         out["settings"][label] = dict(batch=len(inputs["captions"]), checkpointing=checkpointing,
-                                      seconds=time.perf_counter() - start, methods=res, **{
-                                          k: str(v) for k, v in kw.items() if k != "unet_fn"})
+                                      seconds=time.perf_counter() - start, methods=res,
+                                      flops_from=flops_from)
         for name, r in res.items():
             log(f"  {name}: " + (r["error"][:120] if "error" in r else
                                  f"{r['images_per_s']:.2f} images/s, x{r['x_controlnet'] or 0:.2f}"
@@ -168,21 +183,26 @@ def section_step(args) -> dict:
 
     setting(f"batch{args.batch}", steps, inputs, False)
     setting(f"batch{args.batch}_checkpointing", steps, inputs, True)
-    if "controlnet" in steps:
+    if "controlnet" in steps and not over_budget(args, "step: largest batch"):
         unet.enable_gradient_checkpointing()
         log(f"step: largest batch of {args.max_batches} (ControlNet, checkpointing)")
         best = largest_batch(steps["controlnet"], args.shape, args.max_batches, device, log,
                              checkpointing=True)
         out["largest_batch"] = best
-        if best:
-            setting("largest_checkpointing", steps, make_inputs(args.shape, best, device), True)
+        if best:  # fewer steps at this size; FLOPs scaled from the batch setting's count
+            base = f"batch{args.batch}_checkpointing"
+            setting("largest_checkpointing", steps, make_inputs(args.shape, best, device), True,
+                    warmup=min(1, args.step_warmup), n=min(2, args.step_n),
+                    flops=flops_of(base, best / args.batch),
+                    flops_from=f"{base} x {best}/{args.batch}")
     chosen = {n: s for n, s in steps.items() if n in args.compile_methods}
-    if chosen:
+    if chosen and not over_budget(args, "step: compiled UNet"):
         log(f"step: torch.compile(unet, backend={args.compile_backend})")
         try:
             compiled = torch.compile(unet, backend=args.compile_backend)
             setting(f"batch{args.batch}_compiled_unet", chosen, inputs, False, unet_fn=compiled,
-                    )
+                    warmup=args.step_warmup + 1, flops=flops_of(f"batch{args.batch}"),
+                    flops_from=f"batch{args.batch}")
         except Exception as exc:
             out["settings"]["compiled_unet"] = dict(error=f"{type(exc).__name__}: {exc}"[:500])
     return out
@@ -241,9 +261,12 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int)
     p.add_argument("--pytest-timeout", type=int, default=300)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--budget-s", type=float, default=500.0,
+                   help="no section or step setting starts after this many seconds (the\n"
+                        "device tool stops a command at 600 s; what ran is still written)")
     args = p.parse_args(argv)
-    full = dict(dtype="bf16", batch=8, max_batches=[16, 32, 48, 64, 96, 128], step_warmup=2,
-                step_n=4, compile_backend="inductor", sample_batch=4, sample_steps=50,
+    full = dict(dtype="bf16", batch=8, max_batches=[16, 32, 64], step_warmup=2, step_n=3,
+                compile_backend="inductor", sample_batch=4, sample_steps=50,
                 sample_repeats=2, sample_warmup=1, eval_images=4750, eval_res=512, eval_batch=64,
                 workers=min(16, os.cpu_count() or 1))
     tiny = dict(dtype="fp32", batch=2, max_batches=[3], step_warmup=0, step_n=1,
@@ -267,9 +290,14 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
-    results = dict(args={k: v for k, v in vars(args).items()}, sections={}, errors={})
+    results = dict(args={k: v for k, v in vars(args).items()}, sections={}, errors={},
+                   skipped_sections=[])
     start = time.perf_counter()
+    args.deadline = start + args.budget_s
     for name in args.sections:
+        if over_budget(args, f"section {name}"):
+            results["skipped_sections"].append(name)
+            continue
         log(f"== {name} ==")
         t0 = time.perf_counter()
         try:
@@ -286,7 +314,7 @@ def main(argv=None) -> int:
     log(f"done in {results['total_seconds']:.0f} s: {args.out}/gpu_check.md")
     print(open(os.path.join(args.out, "gpu_check.md")).read(), flush=True)
     failed_tests = results["sections"].get("pytest", {}).get("counts", {}).get("failed", 0)
-    return 1 if results["errors"] or failed_tests else 0
+    return 1 if results["errors"] or results["skipped_sections"] or failed_tests else 0
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ def summary(results: dict, args) -> list[dict]:
                          r["seconds"] < GOALS["eval_seconds"] if judge else None))
     for name, err in results.get("errors", {}).items():
         rows.append(_row(f"section {name}", "error: " + err[:200], "runs", False))
+    for name in results.get("skipped_sections", []):
+        rows.append(_row(f"section {name}", "skipped: past --budget-s", "runs", False))
     return rows
 
 

@@ -109,9 +109,10 @@ def _error(exc: BaseException) -> str:
 
 
 def run_setting(steps: dict, inputs: dict, warmup: int, n: int, peak_flops: float,
-                log=print, **kw) -> dict:
+                log=print, flops: dict | None = None, **kw) -> dict:
     """Every step closure of `steps` interleaved on `inputs` (`kw` to each call); per method:
-    s/step, images/s, peak MiB (CUDA), FLOPs, MFU, or its error."""
+    s/step, images/s, peak MiB (CUDA), FLOPs, MFU, or its error. `flops` ({name: FLOPs per
+    step}) skips the counting step (e.g. a compiled UNet: the same model FLOPs)."""
     batch = len(inputs["captions"])
     out, times, peaks, alive = {}, {n_: [] for n_ in steps}, {n_: 0.0 for n_ in steps}, dict(steps)
     for i in range(warmup + n):
@@ -136,15 +137,18 @@ def run_setting(steps: dict, inputs: dict, warmup: int, n: int, peak_flops: floa
                 times[name].append(sec)
     for name, step in alive.items():
         sec = statistics.median(times[name])
-        try:
-            flops = step_flops(step, inputs, **kw)
-        except Exception as exc:  # the counter cannot trace every op: time stands without it
-            flops, out_err = None, _error(exc)
-            log(f"  {name}: no FLOP count ({out_err[:200]})")
+        count = None
+        if flops is not None:
+            count = flops.get(name)
+        else:
+            try:
+                count = step_flops(step, inputs, **kw)
+            except Exception as exc:  # the counter cannot trace every op: time stands alone
+                log(f"  {name}: no FLOP count ({_error(exc)[:200]})")
         out[name] = dict(s_per_step=sec, images_per_s=batch / sec,
                          peak_mib=peaks[name] if step.device.type == "cuda" else None,
-                         flops_per_step=flops,
-                         mfu=flops / sec / peak_flops if flops and peak_flops else None)
+                         flops_per_step=count,
+                         mfu=count / sec / peak_flops if count and peak_flops else None)
     base = out.get("controlnet", {}).get("s_per_step")
     for r in out.values():
         if "s_per_step" in r:
