@@ -52,15 +52,24 @@ def splat_weights(graph: SkeletonGraph, grid_xy: torch.Tensor, feature_size: tup
     return weights.index_add(0, graph.bones[:, 1], bone * t)
 
 
-def splat(nodes: torch.Tensor, weights: torch.Tensor, image: torch.Tensor, num_images: int,
-          feature_size: tuple[int, int]) -> torch.Tensor:
-    """Node features `(N, C)` onto `(B, C, h, w)`: the weighted sum per pixel over the nodes of
-    its image, divided by the total weight where that exceeds 1."""
+def splat_matrix(weights: torch.Tensor, image: torch.Tensor, num_images: int) -> torch.Tensor:
+    """`(B, P, N)`: the weights `(N, P)` of the nodes of each image at its pixels, each pixel's
+    row divided by its total weight where that exceeds 1 (`splat`'s linear map)."""
     one_hot = F.one_hot(image, num_images).T.to(weights.dtype)  # (B, N)
     per_image = one_hot[:, :, None] * weights[None]  # (B, N, P)
-    total = torch.einsum("bnp,nc->bcp", per_image, nodes)  # (B, C, P)
-    denominator = per_image.sum(1).clamp(min=1)[:, None]  # (B, 1, P)
-    return (total / denominator).reshape(num_images, nodes.shape[-1], *feature_size)
+    return (per_image / per_image.sum(1, keepdim=True).clamp(min=1)).transpose(1, 2)
+
+
+def splat(nodes: torch.Tensor, weights: torch.Tensor | None, image: torch.Tensor,
+          num_images: int, feature_size: tuple[int, int],
+          matrix: torch.Tensor | None = None) -> torch.Tensor:
+    """Node features `(N, C)` onto `(B, C, h, w)`: the weighted sum per pixel over the nodes of
+    its image, divided by the total weight where that exceeds 1 (`matrix`: the `splat_matrix`
+    of `weights`, if already built)."""
+    if matrix is None:
+        matrix = splat_matrix(weights, image, num_images)
+    field = matrix.to(nodes.dtype) @ nodes  # (B, P, N) @ (N, C) -> (B, P, C)
+    return field.transpose(1, 2).reshape(num_images, nodes.shape[-1], *feature_size)
 
 
 class SkeletonPGIStage(PoseStage):
@@ -97,8 +106,11 @@ class SkeletonPGIStage(PoseStage):
         coords = graph.joint_xy / graph.joint_xy.new_tensor([image_size[1], image_size[0]])
         nodes = self.node_in(torch.cat([sampled, coords.to(sampled.dtype)], -1))
         nodes = self.hierarchy(graph, nodes + self.joint_embed(graph.joint_id))  # (Nj, D)
-        weights = splat_weights(graph, grid_xy, size, self.sigma).to(out.dtype)  # (Nj, h * w)
-        field = splat(self.node_out(nodes), weights, graph.joint_image, graph.num_images, size)
+        with torch.no_grad():  # geometry only: (B, h * w, Nj)
+            matrix = splat_matrix(splat_weights(graph, grid_xy, size, self.sigma),
+                                  graph.joint_image, graph.num_images)
+        field = splat(self.node_out(nodes), None, graph.joint_image, graph.num_images, size,
+                      matrix.to(out.dtype))
         return out + self.out_conv(field)
 
 
