@@ -94,6 +94,36 @@ def test_wheel_list_reads_the_pins_and_prunes_other_versions(tmp_path):
                                        "constraints.txt")) == 17
 
 
+# -- point 4's faster PGI path (dense means, splat matrix) equals the edge-list one ------------
+def test_dense_means_equal_the_edge_list_path():
+    """The hierarchy with its dense means (built up to DENSE_MAX_NODES joints) against the
+    same graph with them dropped (the edge-list / index path, used beyond that size)."""
+    import dataclasses
+
+    from test_graph import _person
+
+    from grpose.graph.skeleton import SkeletonHierarchy, build_skeleton_graph
+    keypoints = torch.stack([torch.stack([_person(1), _person(2), _person(5, present=[0])]),
+                             torch.stack([_person(3, present=[5, 7, 9, 11]), _person(4),
+                                          _person(6)])])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    dense = build_skeleton_graph(keypoints, mask)
+    assert dense.joint_mean.shape == (dense.num_joints,) * 2
+    sparse = dataclasses.replace(dense, joint_mean=None, part_mean=None, joint_pool=None,
+                                 part_pool=None)
+    torch.manual_seed(0)
+    hierarchy = SkeletonHierarchy(16)
+    x = torch.randn(dense.num_joints, 16, requires_grad=True)
+    outs = []
+    for graph in (dense, sparse):
+        out = hierarchy(graph, x)
+        outs.append((out, torch.autograd.grad(out.square().sum(), [x, *hierarchy.parameters()])))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b)
+    assert dense.joints.num_nodes() == dense.num_joints  # DGL's graph, built on first use
+
+
 # -- CUDA (the `gpu` marker; skipped without CUDA) ---------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("size", [5, 8])
