@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
-CONFIG ?= configs/trainer/cpu.yaml configs/base/tiny.yaml configs/data/synthetic_tiny.yaml configs/method/tiny/grpose_skeleton.yaml
+DEMO ?= runs/demo
+CONFIG ?= configs/trainer/cpu.yaml $(DEMO)/configs/base.yaml $(DEMO)/configs/data.yaml configs/method/tiny/grpose_skeleton.yaml
 ARGS ?=
 
 EVAL_CONFIG ?= configs/eval/humanart.yaml
@@ -62,7 +63,10 @@ test-all: install  ## run every test, the slow end-to-end ones too
 test-gpu: install  ## run the CUDA tests (on a machine with a GPU)
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 
-train: install  ## fit a model: make train CONFIG="trainer base data method configs" ARGS=... (default: tiny GRPose, CPU)
+train: install  ## fit a model: make train CONFIG="trainer base data method configs" ARGS=... (default: tiny GRPose on the demo's base, CPU)
+	@for c in $(CONFIG); do if [ ! -f "$$c" ]; then case "$$c" in $(DEMO)/*) \
+	  echo "make train: $$c not found: run 'make demo' first (it trains the tiny base and writes the data that make train uses), or give CONFIG=\"...\"" ;; \
+	  *) echo "make train: $$c not found" ;; esac; exit 1; fi; done
 	$(PY) -m grpose fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
 
 eval: install  ## score generated images: make eval IMAGES=dir EVAL_CONFIG="configs/eval/humanart.yaml [configs/eval/humanart_papers.yaml]" ARGS=...

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from jsonargparse import CLI
 
 from grpose.data.base import PoseDataset
@@ -21,7 +22,8 @@ from grpose.pose.detector import PoseDetector
 def main(images: str, data: PoseDataset, detector: PoseDetector | None = None,
          inception_weights: str | None = None, clip_weights: str | None = None,
          clip_arch: str = "ViT-B-16", legacy: bool = False, batch_size: int = 16,
-         kid_subset_size: int = 200, on_missing: str = "raise", out: str = "runs/eval") -> dict:
+         kid_subset_size: int = 200, on_missing: str = "raise", out: str = "runs/eval",
+         features: torch.nn.Module | None = None) -> dict:
     """Evaluate generated images.
 
     Args:
@@ -36,10 +38,12 @@ def main(images: str, data: PoseDataset, detector: PoseDetector | None = None,
         kid_subset_size: KID subset size (clamped to the images available).
         on_missing: "raise" at a missing generated image, or "skip" (counted, logged).
         out: output folder for results.json and results.md.
+        features: FID / KID features other than Inception's, images in [0, 1] (e.g.
+            grpose.pose.PoseNetFeatures: the demo's pose network, offline).
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     results = evaluate_folder(images, data, detector, inception_weights, clip_weights, clip_arch,
-                              legacy, batch_size, kid_subset_size, on_missing)
+                              legacy, batch_size, kid_subset_size, on_missing, features)
     write_results(results, out)
     print(markdown_table(results), end="")
     print(f"{results['num_images']} images ({results['missing']} missing) -> {out}/results.json")

@@ -13,6 +13,7 @@ from grpose.demo.scoring import REAL, score_stage
 from grpose.demo.stages import (data_stage, field_stage, knowledge_stage, pose_stage, scene,
                                 vae_stage)
 from grpose.demo.tasks import Task, default_jobs, run_tasks
+from grpose.demo.train_configs import write_train_configs
 from grpose.diffusion.draws import TIMESTEP_SAMPLING
 from grpose.diffusion.optim import LR_DECAY
 from grpose.methods import METHODS
@@ -141,5 +142,6 @@ def run(cfg: DemoConfig, title: str = "grpose demo results") -> dict:
     results["wall_seconds"] = round(time.time() - start, 1)  # this run (reused stages cost ~0)
     collect_grids(stages, cfg.out)
     results["bundles"] = write_bundles(cfg, stages, rows, seeds)
+    results["train_configs"] = write_train_configs(cfg, stages)  # what `make train` reads
     write_report(results, cfg.out, title)
     return results

@@ -18,20 +18,9 @@ from grpose.demo.models import load_model
 from grpose.demo.stages import datasets, run_stage, scene
 from grpose.metrics.image_quality import ImageQuality
 from grpose.metrics.suite import GenerationMetrics
-from grpose.pose.detector import NetworkDetector, load_pose_checkpoint
+from grpose.pose.detector import NetworkDetector, PoseNetFeatures, load_pose_checkpoint
 
 REAL = "real images"
-
-
-class PoseNetFeatures(nn.Module):
-    """Globally pooled features of our pose network: the FID / KID feature space of the demo."""
-
-    def __init__(self, network: nn.Module):
-        super().__init__()
-        self.network = network
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:  # images in [0, 1]
-        return self.network(images * 2 - 1)["features"].mean(dim=(2, 3))  # (B, C)
 
 
 def overlay(generated: np.ndarray, people: torch.Tensor) -> np.ndarray:

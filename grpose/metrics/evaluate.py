@@ -53,24 +53,31 @@ def mean_over(rows: list[dict]) -> dict:
 def evaluate_folder(images: str, data: Dataset, detector: PoseDetector | None = None,
                     inception_weights: str | None = None, clip_weights: str | None = None,
                     clip_arch: str = "ViT-B-16", legacy: bool = False, batch_size: int = 16,
-                    kid_subset_size: int = 200, on_missing: str = "raise") -> dict:
+                    kid_subset_size: int = 200, on_missing: str = "raise",
+                    features: torch.nn.Module | None = None) -> dict:
     """Metrics of the generated images in `images` (named `<id>.png`) for the items of `data`.
+    FID / KID use Inception-v3 (`inception_weights`) or another feature extractor (`features`,
+    images in [0, 1] at the dataset's resolution, e.g. the demo's `PoseNetFeatures`).
 
     Returns `{"per_scenario": {scenario: metrics}, "mean": unweighted mean over scenarios,
     "all": pose metrics pooled over every image, "num_images", "missing"}`.
     """
     if on_missing not in ("raise", "skip"):
         raise ValueError(f"on_missing must be 'raise' or 'skip', got {on_missing!r}")
-    if detector is None and not inception_weights and not clip_weights:
+    if detector is None and not inception_weights and features is None and not clip_weights:
         raise ValueError("nothing to compute: give a detector (AP / CAP / PCE), "
-                         "inception_weights (FID / KID) or clip_weights (CLIP score)")
-    extractor = InceptionV3Features(inception_weights) if inception_weights else None
+                         "inception_weights or features (FID / KID) or clip_weights (CLIP score)")
+    if inception_weights and features is not None:
+        raise ValueError("FID / KID features: give inception_weights or features, not both")
+    extractor = InceptionV3Features(inception_weights) if inception_weights else features
+    size = {} if features is None or not len(data) else {
+        "input_size": tuple(data[0].image.shape)}  # the extractor's dummy input
     clip = load_open_clip(clip_weights, clip_arch) if clip_weights else None
 
-    def metrics() -> GenerationMetrics:
+    def metrics(quality: bool) -> GenerationMetrics:
         return GenerationMetrics(
-            detector, ImageQuality(extractor, kid_subset_size=kid_subset_size)
-            if extractor else None, ClipScore(*clip) if clip else None, legacy)
+            detector, ImageQuality(extractor, kid_subset_size=kid_subset_size, **size)
+            if extractor is not None and quality else None, ClipScore(*clip) if clip else None, legacy)
 
     by_scenario: dict[str, list] = defaultdict(list)
     missing = 0
@@ -92,7 +99,10 @@ def evaluate_folder(images: str, data: Dataset, detector: PoseDetector | None = 
     pooled = PoseAccuracy(legacy=legacy) if detector is not None else None
     per_scenario = {}
     for scenario in sorted(by_scenario):
-        suite, pairs = metrics(), by_scenario[scenario]
+        pairs = by_scenario[scenario]
+        if extractor is not None and len(pairs) < 2:  # a distance of two distributions
+            log.warning("scenario %s: %d image, no FID / KID", scenario, len(pairs))
+        suite = metrics(quality=len(pairs) >= 2)
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
             batch = collate_pose_samples([item for item, _ in chunk])

@@ -2,13 +2,13 @@
 module and pluggable detectors, and the field's HigherHRNet-W48 detector."""
 from grpose.pose.associative import decode_associative
 from grpose.pose.decode import decode_people, encode_targets, match_people, oks
-from grpose.pose.detector import NetworkDetector, OnnxDetector, PoseDetector
+from grpose.pose.detector import NetworkDetector, OnnxDetector, PoseDetector, PoseNetFeatures
 from grpose.pose.higherhrnet import HigherHRNet, HigherHRNetMaps
 from grpose.pose.higherhrnet_detector import HigherHRNetDetector
 from grpose.pose.module import PoseEstimatorModule
 from grpose.pose.network import PoseNetwork
 from grpose.pose.rmpg import RMPG
 
-__all__ = ["HigherHRNet", "HigherHRNetDetector", "HigherHRNetMaps", "NetworkDetector",
+__all__ = ["HigherHRNet", "HigherHRNetDetector", "HigherHRNetMaps", "NetworkDetector", "PoseNetFeatures",
            "OnnxDetector", "PoseDetector", "PoseEstimatorModule", "PoseNetwork", "RMPG",
            "decode_associative", "decode_people", "encode_targets", "match_people", "oks"]

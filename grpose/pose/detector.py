@@ -161,3 +161,18 @@ class OnnxDetector(PoseDetector):
             return decode_people(found, tuple(images.shape[-2:]), **self.decode_options)
         return [{"keypoints": kp[s >= self.score_threshold], "scores": s[s >= self.score_threshold]}
                 for kp, s in zip(found["keypoints"], found["scores"])]
+
+
+class PoseNetFeatures(nn.Module):
+    """Globally pooled features of our pose network for images in [0, 1]: the FID / KID feature
+    space of the demo, where no Inception weights exist offline. Give `network` or the
+    `checkpoint` of a `PoseEstimatorModule`."""
+
+    def __init__(self, network: nn.Module | None = None, checkpoint: str | None = None):
+        super().__init__()
+        if (network is None) == (checkpoint is None):
+            raise ValueError("PoseNetFeatures needs exactly one of `network` and `checkpoint`")
+        self.network = network if network is not None else load_pose_checkpoint(checkpoint)[0]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1]
+        return self.network(images * 2 - 1)["features"].mean(dim=(2, 3))  # (B, C)
