@@ -1,6 +1,7 @@
 """The app: its API on tiny bundles (no bundles, bad JSON, a photo with no one, two methods side
-by side), and (`slow`) the page driven in headless Chromium: load, pick a held-out pose, drag a
-joint, generate with two methods, two images and their OKS appear, a screenshot is saved.
+by side), and (`slow`) the page driven in headless Chromium: load, a bad then a good JSON upload,
+pick a held-out pose, drag a joint, generate with two methods, two images and their OKS appear,
+a screenshot is saved.
 
 The browser test needs Debian's `chromium` + `chromium-driver` and Selenium (`pip install -e
 .[app]`); it never downloads a browser or driver, and skips, saying why, where they are missing.
@@ -148,6 +149,15 @@ def test_the_app_in_headless_chromium(tmp_path, tiny_parts, perturb_zero_paramet
         wait = WebDriverWait(driver, 120)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".bundle-check")) >= 2)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#heldout option")) > 1)
+        bad = tmp_path / "bad.json"
+        bad.write_text("{not json")
+        driver.find_element(By.ID, "json-file").send_keys(str(bad))  # a bad upload: said so
+        wait.until(lambda d: "not valid JSON" in d.find_element(By.ID, "error").text)
+        driver.find_element(By.ID, "json-file").send_keys(os.path.abspath(
+            "docs/poses/example_openpose.json"))  # an OpenPose file: its 17 joints drawn
+        wait.until(lambda d: "pose read from" in d.find_element(By.ID, "status").text)
+        assert driver.find_element(By.ID, "error").text == ""
+        assert len(driver.find_elements(By.CSS_SELECTOR, "circle.joint")) == 16  # one ear missing
         Select(driver.find_element(By.ID, "heldout")).select_by_index(1)
         wrist = driver.find_element(By.CSS_SELECTOR, "circle.joint[data-joint='9']")
         before = float(wrist.get_attribute("cx")), float(wrist.get_attribute("cy"))  # x 1000
