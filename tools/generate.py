@@ -1,7 +1,8 @@
 """Images for your own pose and prompt from a trained model's bundle.
 
     python tools/generate.py --bundle runs/demo/bundles/grpose_skeleton-s0 \
-        --prompt "a person in a red coat" --pose docs/poses/example_openpose.json --out runs/generate
+        --prompt "a person in a red coat" --pose docs/poses/example_openpose.json \
+        --out runs/generate
 
 `--pose`: a COCO-style or OpenPose JSON file (OpenPose-18 / BODY_25 people, mapped to COCO-17;
 `canvas_width` / `canvas_height` when given stretch it to the model's size), or a photo (.png,

@@ -136,9 +136,8 @@ class PosePipeline:
         size = (self.render.height, self.render.width)
         people = resolve_pose(pose, size, self.detector, canvas)  # (P, 17, 3)
         batch = self.batch(prompt, people, num_images)
-        device = self.module.device
-        batch.pose_image, batch.image = batch.pose_image.to(device), batch.image.to(device)
-        batch.keypoints, batch.person_mask = batch.keypoints.to(device), batch.person_mask.to(device)
+        for name in ("image", "pose_image", "keypoints", "person_mask"):
+            setattr(batch, name, getattr(batch, name).to(self.module.device))
         seed = self.module.hparams.seed if seed is None else int(seed)
         seeds = [seed + k for k in range(num_images)]
         guidance = None if guidance_scale is None else self.sampler.guidance(guidance_scale)
