@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from grpose.callbacks.images import GenerationWriter
 from grpose.callbacks.run import checkpoint_dir, last_checkpoint, predict_dir
+from grpose.data.io import DataError
 from grpose.diffusion.checkpoint import read_checkpoint
 from grpose.methods import METHODS
 
@@ -233,6 +234,10 @@ class GRPoseCLI(LightningCLI):
                 raise ConfigError("run: needs a logger with a version (trainer.logger)")
             config["trainer.logger.init_args.version"] = config["run"]
         trainer = config["trainer"].as_dict()
+        if trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
+            config["trainer.callbacks"] = [  # Lightning refuses a bar it was told not to show
+                c for c in config["trainer.callbacks"]
+                if not str(getattr(c, "class_path", "")).endswith("ProgressBar")]
         folder = checkpoint_dir(trainer)
         ckpt = config.get("ckpt_path")
         if ckpt == "last" and folder is not None:
@@ -275,6 +280,14 @@ class GRPoseCLI(LightningCLI):
                 "ckpt_path: predict without a checkpoint would sample an untrained method "
                 "(its injection is zero-initialised): give --ckpt_path (or --ckpt_path last), "
                 "or --allow_untrained")
+        ckpt = config.get("ckpt_path")
+        mismatch = getattr(self.model, "checkpoint_mismatch", None)
+        if ckpt and mismatch is not None and os.path.isfile(str(ckpt)):
+            problem = mismatch(read_checkpoint(ckpt))
+            if problem:
+                raise ConfigError(f"ckpt_path: {ckpt} is a checkpoint of another model (this "
+                                  f"config's method: {type(self.model.method).__name__}; "
+                                  f"its: {checkpoint_method(ckpt)}): {problem}")
         check = getattr(self.model, "check_data", None)
         if check is not None and self.datamodule is not None:
             try:
@@ -283,12 +296,33 @@ class GRPoseCLI(LightningCLI):
                 raise ConfigError(str(e)) from None
 
 
+def checkpoint_method(path: str) -> str:
+    """The method class a Lightning checkpoint's hyper-parameters name, or "unknown"."""
+    method = (read_checkpoint(path).get("hyper_parameters") or {}).get("method")
+    if isinstance(method, dict):
+        return str(method.get("class_path", "unknown")).rsplit(".", 1)[-1]
+    return type(method).__name__ if method is not None else "unknown"
+
+
 def untrained(model) -> bool:
     """A model whose method has trainable weights and was given none (`method_weights`)."""
     method = getattr(model, "method", None)
     if method is None or dict(getattr(model, "hparams", {})).get("method_weights"):
         return False
     return any(True for _ in method.parameters())
+
+
+SKIP_HINT = "a dataset's on_error: skip counts and logs bad items instead"
+
+
+def worker_data_error(message: str) -> str | None:
+    """The `DataError` line of the error a DataLoader worker re-raises, or None."""
+    if "DataLoader worker" not in message:
+        return None
+    for line in reversed(message.strip().splitlines()):
+        if line.startswith(("grpose.data.io.DataError: ", "DataError: ")):
+            return line.split(": ", 1)[1]
+    return None
 
 
 def registry_names(args: list[str]) -> list[str]:
@@ -317,6 +351,13 @@ def main(args=None, run: bool = True) -> GRPoseCLI:
         return GRPoseCLI(subclass_mode_model=True, subclass_mode_data=True,
                          parser_kwargs={"parser_mode": PARSER_MODE},
                          save_config_kwargs={"overwrite": True}, args=args, run=run)
+    except DataError as e:  # bad data met while running (e.g. a corrupt image mid-training)
+        raise SystemExit(f"error: {e} ({SKIP_HINT})") from None
+    except RuntimeError as e:  # the same raised in a DataLoader worker
+        line = worker_data_error(str(e))
+        if line is None:
+            raise
+        raise SystemExit(f"error: {line} ({SKIP_HINT})") from None
     except (ConfigError, ArgumentError) as e:  # ArgumentError: e.g. a checkpoint's hparams
         message = str(e) if isinstance(e, ConfigError) else one_line(str(e))
         where = locate(message, given) if isinstance(e, ConfigError) and e.parsing else None

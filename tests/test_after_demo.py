@@ -9,6 +9,7 @@ from PIL import Image
 from grpose.callbacks.images import to_uint8
 from grpose.cli import main
 from grpose.data import HumanArtDataset
+from grpose.data.synthetic import write_synthetic
 from grpose.demo.run import QUICK, DemoConfig
 from grpose.demo.models import base_stage
 from grpose.demo.stages import data_stage, pose_stage, vae_stage
@@ -76,3 +77,40 @@ def test_make_eval_demo_config_scores_a_folder_offline(demo, tmp_path):
     assert {"ap", "fid", "kid"} <= set(mean)
     assert mean["fid"] == pytest.approx(0.0, abs=1e-3)  # the same images: the same features
     assert (tmp_path / "eval" / "results.md").is_file()
+
+
+def test_a_corrupt_image_mid_training_is_one_line_naming_it(demo, tmp_path, capsys):
+    cfg, _, written = demo
+    root = tmp_path / "data"
+    write_synthetic(str(root), "training", 8, cfg.resolution, 0)
+    write_synthetic(str(root), "validation", 2, cfg.resolution, 0)
+    bad = sorted(root.rglob("training_000005.png"))[0]
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))  # a truncated PNG
+    args = ["fit", "--config", "configs/trainer/cpu.yaml", "--config", written["base"],
+            "--config", written["data"], "--config", "configs/method/tiny/controlnet.yaml",
+            f"--data.init_args.train.init_args.root={root}",
+            f"--data.init_args.val.init_args.root={root}", "--data.init_args.batch_size=2",
+            "--trainer.max_steps=8", f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"]
+    for workers in (0, 1):
+        with pytest.raises(SystemExit) as stop:
+            main([*args, f"--data.init_args.num_workers={workers}", f"--run=w{workers}"])
+        line = str(stop.value)
+        assert line.startswith(f"error: {bad}") and "\n" not in line, line
+        assert "on_error: skip" in line
+
+
+def test_another_methods_checkpoint_is_one_line(tmp_path):
+    tiny = [a for c in ("trainer/cpu", "base/tiny", "data/synthetic_tiny")
+            for a in ("--config", f"configs/{c}.yaml")]
+    common = [f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.max_steps=1",
+              "--trainer.limit_val_batches=0", "--data.init_args.batch_size=2"]
+    main(["fit", *tiny, "--config", "configs/method/tiny/grpose_skeleton.yaml", *common])
+    ckpt = tmp_path / "tiny" / "main" / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *tiny, "--config", "configs/method/tiny/controlnet.yaml", *common,
+              "--run=other", f"--ckpt_path={ckpt}"])
+    line = str(stop.value)
+    assert line.startswith(f"error: ckpt_path: {ckpt} is a checkpoint of another model (this "
+                           "config's method: ControlNet; its: GRPoseSkeleton): missing: ")
+    assert "\n" not in line and len(line) < 2000  # a few names, not the 22 KB key dump

@@ -120,7 +120,7 @@ def test_demo_rejects_bad_settings_before_training(tmp_path):
                           (["--methods", "controlnet,nope"], "--methods"),
                           (["--seeds", "0,a"], "--seeds"), (["--lr-decay", "step"], "--lr-decay"),
                           (["--timestep-sampling", "cosine"], "--timestep-sampling")):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(SystemExit, match=f"^error: {message}"):  # one line, no traceback
             main(argv + ["--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
 

@@ -22,7 +22,7 @@ import argparse
 import sys
 from dataclasses import asdict
 
-from grpose.demo.run import COMPARE, QUICK, DemoConfig, run
+from grpose.demo.run import COMPARE, QUICK, DemoConfig, parse, run
 
 
 def main(argv=None) -> dict:
@@ -44,7 +44,11 @@ def main(argv=None) -> dict:
     command, quick = args.pop("command"), args.pop("quick")
     preset = {**(COMPARE if command == "compare" else {}), **(QUICK if quick else {})}
     given = {k: v for k, v in args.items() if v is not None}
-    cfg = DemoConfig(**{**preset, **given})
+    try:  # bad settings: one line, before any training
+        cfg = DemoConfig(**{**preset, **given})
+        parse(cfg)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     title = "grpose method comparison" if command == "compare" else "grpose demo results"
     return run(cfg, title)
 

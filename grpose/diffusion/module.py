@@ -13,6 +13,7 @@ from torch import nn
 
 from grpose.data.batch import PoseBatch
 from grpose.data.condition import PoseCondition
+from grpose.data.io import state_mismatch
 from grpose.diffusion.cache import EncodingCache
 from grpose.diffusion.checkpoint import read_checkpoint
 from grpose.diffusion.components import SD15_LATENT_SCALE, ddim_scheduler, vae_downsampling
@@ -166,16 +167,30 @@ class PoseDiffusionModule(L.LightningModule):
             for key in [k for k in state if k.startswith(prefixes + NOT_CHECKPOINTED)]:
                 del state[key]
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Frozen parts left out of the checkpoint come from the config that built this module.
-        self.skipped_nonfinite = checkpoint.get("skipped_nonfinite", 0)
-        state = checkpoint["state_dict"]
+    def _complete(self, state: dict) -> dict:
+        """A checkpoint's state dict in place: old `adapter.*` names renamed, the frozen parts
+        left out of it taken from the config that built this module."""
         for key in [k for k in state if k.startswith("adapter.")]:  # before methods/ existed
             state["method." + key.removeprefix("adapter.")] = state.pop(key)
         prefixes = tuple(f"{n}." for n in self.frozen) + NOT_CHECKPOINTED
         for key, value in self.state_dict().items():
             if key.startswith(prefixes):
                 state.setdefault(key, value)
+        return state
+
+    def checkpoint_mismatch(self, checkpoint: dict) -> str:
+        """'' if a Lightning checkpoint holds this model's weights, else what differs (another
+        method's checkpoint: missing / unexpected / misshapen tensors, a few of each)."""
+        state = self._complete(dict(checkpoint["state_dict"]))
+        return state_mismatch(state, self.state_dict())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_nonfinite = checkpoint.get("skipped_nonfinite", 0)
+        mismatch = self.checkpoint_mismatch(checkpoint)
+        if mismatch:
+            raise ValueError(f"checkpoint of another model (this one's method: "
+                             f"{type(self.method).__name__}): {mismatch}")
+        self._complete(checkpoint["state_dict"])
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, weights_only: bool | None = True,
