@@ -27,7 +27,7 @@ from grpose.callbacks.images import GenerationWriter
 from grpose.callbacks.run import checkpoint_dir, last_checkpoint, predict_dir
 from grpose.data.io import DataError
 from grpose.diffusion.checkpoint import read_checkpoint
-from grpose.methods import METHODS
+from grpose.methods import METHODS, TRANSFER_METHODS
 
 PATH_ARGS = ("root", "image_root", "eval_list", "path", "weights", "checkpoint")  # inputs
 STAGES = ("train", "val", "test", "predict")
@@ -108,8 +108,9 @@ def check_config(config: dict) -> None:
 
 def method_path(name):
     """A registry name (`grpose_skeleton`) -> the method's class path; anything else unchanged."""
-    if isinstance(name, str) and name in METHODS:
-        return f"grpose.methods.{METHODS[name].__name__}"
+    registry = {**METHODS, **TRANSFER_METHODS}
+    if isinstance(name, str) and name in registry:
+        return f"grpose.methods.{registry[name].__name__}"
     return name
 
 
@@ -335,7 +336,7 @@ def registry_names(args: list[str]) -> list[str]:
             continue
         at = k if eq else k + 1
         name = value if eq else (args[at] if at < len(args) else None)
-        if name in METHODS:
+        if method_path(name) != name:
             args[at] = f"{key}={method_path(name)}" if eq else method_path(name)
     return args
 

@@ -117,3 +117,27 @@ def test_run_names_another_folder(tmp_path):
     cli = main(fit_args(tmp_path, "--trainer.max_steps=1", "--run", "second"))
     assert cli.trainer.log_dir == str(tmp_path / "tiny" / "second")
     assert sorted(os.listdir(tmp_path / "tiny")) == ["main", "second"]
+
+
+def printed_config(capsys, args) -> str:
+    with pytest.raises(SystemExit):
+        main(["fit", *args, "--print_config"])
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spelling", ["method: controlnet",
+                                      "method: {class_path: controlnet, init_args: {}}"])
+def test_registry_names_inside_a_yaml(tmp_path, capsys, spelling):
+    extra = tmp_path / "mine.yaml"
+    extra.write_text(f"model:\n  init_args:\n    {spelling}\n")
+    printed = printed_config(capsys, [*CONFIGS, "--config", str(extra)])
+    assert "class_path: grpose.methods.ControlNet" in printed  # was "Expected a path"
+
+
+def test_a_yaml_typo_names_its_file(tmp_path):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("trainer:\n  max_stepz: 3\n")
+    with pytest.raises(SystemExit, match=f"^error: {typo}: .*max_stepz"):
+        main(["fit", *CONFIGS, "--config", str(typo)])
+    with pytest.raises(SystemExit, match="^error: unrecognized arguments: --trainer.max_stepz=3"):
+        main(["fit", *CONFIGS, "--trainer.max_stepz=3"])
