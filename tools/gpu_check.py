@@ -29,6 +29,7 @@ CPU dry run, the same code paths at tiny shapes (tests/test_gpu_check.py runs it
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import os
 import platform
@@ -305,6 +306,9 @@ def main(argv=None) -> int:
         except Exception as exc:  # recorded; the other sections still run
             traceback.print_exc()
             results["errors"][name] = f"{type(exc).__name__}: {exc}"[:1000]
+        gc.collect()  # the section's models go before the next one's
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         results.setdefault("seconds", {})[name] = time.perf_counter() - t0
         log(f"{name}: {time.perf_counter() - t0:.1f} s")
         write_report(args.out, results, summary(results, args))  # partial results survive
