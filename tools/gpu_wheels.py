@@ -1,4 +1,5 @@
-"""Download into `.whl/` the wheels grpose needs that the lent GPU machine lacks (`make gpu-wheels`).
+"""Download into `.whl/` the wheels grpose needs that the lent GPU machine lacks
+(`make gpu-wheels`).
 
     python tools/gpu_wheels.py                 # every wheel in WHEELS, DGL included
     python tools/gpu_wheels.py --no-dgl        # without DGL (the PGI's torch paths need none)
