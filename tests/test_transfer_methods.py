@@ -286,3 +286,16 @@ def test_tiny_transfer_config_fits_one_step_through_the_cli(tmp_path):
                 f"--trainer.logger.init_args.save_dir={tmp_path}", "--data.init_args.batch_size=2",
                 "--model.init_args.num_inference_steps=2"])
     assert cli.trainer.global_step == 1
+
+
+@pytest.mark.parametrize("name", ["reposedm", "reference_attention"])
+def test_export_and_load_a_transfer_method(tiny_parts, source_inputs, tmp_path, name,
+                                           perturb_zero_parameters):
+    from grpose.methods import load_method, save_method
+    unet, method = attached(tiny_parts, name, perturb_zero_parameters)
+    save_method(method, str(tmp_path / name))
+    loaded = load_method(str(tmp_path / name), unet)
+    noisy, text, cond = source_inputs
+    with torch.no_grad():
+        assert torch.equal(predict_eps(unet, loaded, noisy, T, text, cond),
+                           predict_eps(unet, method, noisy, T, text, cond))

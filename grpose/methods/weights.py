@@ -21,12 +21,13 @@ FILE_SETTINGS = ("knowledge_base",)
 
 
 def registry_name(method: PoseMethod) -> str:
-    """The name `method`'s class is registered under in `METHODS`."""
-    from grpose.methods import METHODS
-    for name, cls in METHODS.items():
+    """The name `method`'s class is registered under in `METHODS` or `TRANSFER_METHODS`."""
+    from grpose.methods import METHODS, TRANSFER_METHODS
+    registry = {**METHODS, **TRANSFER_METHODS}
+    for name, cls in registry.items():
         if type(method) is cls:
             return name
-    raise ValueError(f"{type(method).__name__} is not a registered method ({sorted(METHODS)})")
+    raise ValueError(f"{type(method).__name__} is not a registered method ({sorted(registry)})")
 
 
 def save_method(method: PoseMethod, folder: str) -> None:
