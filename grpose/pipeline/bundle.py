@@ -21,6 +21,7 @@ import shutil
 from dataclasses import asdict, dataclass
 
 import torch
+from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
@@ -223,8 +224,13 @@ def load_bundle(folder: str, bundle: Bundle | None = None) -> PoseDiffusionModul
     """The bundle's model, built and loaded, in eval mode on the CPU."""
     bundle = bundle or read_bundle(folder)
     where = os.path.join(folder, BUNDLE)
-    unet, vae, text_encoder = (build_part(bundle.parts[p], bundle.folder, f"{where}: parts.{p}")
-                               for p in PARTS)
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # not diffusers' advice to install accelerate
+    try:
+        unet, vae, text_encoder = (build_part(bundle.parts[p], bundle.folder,
+                                              f"{where}: parts.{p}") for p in PARTS)
+    finally:
+        diffusers_logging.set_verbosity(level)
     s = bundle.sampler
     module = PoseDiffusionModule(
         unet, vae, text_encoder, load_method(bundle.folder), noise_scheduler(),
