@@ -16,7 +16,7 @@ POSE ?= docs/poses/example_openpose.json
 PROMPT ?= a person standing, one arm raised
 OUT ?= runs/generate
 
-.PHONY: help install lock demo compare compare-transfer generate app test test-all test-gpu train eval eval-transfer bench bench-sample bench-detector gpu-wheels gpu-check clean
+.PHONY: docs help install lock demo compare compare-transfer generate app test test-all test-gpu train eval eval-transfer bench bench-sample bench-detector gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -89,6 +89,9 @@ gpu-wheels: install  ## download into .whl/ the wheels the lent GPU machine lack
 
 gpu-check:  ## the GPU battery: CUDA tests + step / sampling / eval benchmarks -> gpu_check.{json,md} (ARGS="--out DIR", "--device cpu --tiny")
 	$(PY) tools/gpu_check.py $(ARGS)
+
+docs: install  ## build the documentation site (MkDocs + API reference from the docstrings) into build/site; warnings are errors
+	$(PY) -m mkdocs build --strict --quiet
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build *.egg-info .pytest_cache

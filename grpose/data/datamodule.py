@@ -25,8 +25,10 @@ class PoseDataModule(L.LightningDataModule):
     with its own `collate_fn` (the pose-transfer pairs: `PairBatch`) is collated with that.
 
     Args:
-        train / val / test / predict: the dataset of each stage (None: stage not available;
-            test and predict fall back to val).
+        train: the training dataset (None: no training).
+        val: the validation dataset (None: no validation).
+        test: the test dataset (None: `val`).
+        predict: the dataset `predict` generates for (None: `val`).
         batch_size: per-process batch size for training; `eval_batch_size` for the others.
         num_workers: DataLoader worker processes.
         seed: seed of the training order (default: `seed_everything`'s seed, else 0).

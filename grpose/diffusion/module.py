@@ -39,7 +39,9 @@ class PoseDiffusionModule(L.LightningModule):
     """Latent diffusion with injected parts; only the method (or the parts in `trainable`) learns.
 
     Args:
-        unet, vae, text_encoder: the latent diffusion model (text_encoder: captions -> (B, L, D)).
+        unet: the frozen denoiser (diffusers `UNet2DConditionModel`).
+        vae: the frozen autoencoder (diffusers `AutoencoderKL`).
+        text_encoder: the frozen text encoder (captions -> (B, L, D)).
         method: the pose method (`PoseMethod`); `attach(unet)` is called here.
         noise_scheduler: training noise schedule (diffusers `DDPMScheduler`).
         sampler: DDIM scheduler for sampling (default: SD 1.5's schedule).
@@ -48,7 +50,10 @@ class PoseDiffusionModule(L.LightningModule):
         lr: AdamW learning rate.
         trainable: parts that learn; ["method"] for pose methods, ["unet"] to train a base model.
         latent_scale: VAE latent scale (SD: 0.18215).
-        num_inference_steps, negative_prompt, eta, seed: sampling settings.
+        num_inference_steps: DDIM steps when sampling.
+        negative_prompt: the unconditional branch's prompt.
+        eta: DDIM's eta (0: deterministic).
+        seed: the sampling seed (each image's noise comes from it and the item id).
         guidance: the CFG branches and scales (default `ClassifierFreeGuidance(7.5)`).
         sampling_hooks: per-step hooks of the sampler (`StepHook`, e.g. gradient guidance).
         conditioning_scale: multiplier of the method's conditioning at inference.
@@ -64,16 +69,17 @@ class PoseDiffusionModule(L.LightningModule):
         on_nonfinite: a NaN / Inf loss "raise"s (naming the step, the loss term and the batch's
             item ids) or "skip"s the batch (no optimizer step; counted in
             `train/skipped_nonfinite`). Every process takes the same decision.
-        lr_warmup_steps, lr_decay: linear warm-up over the first steps, then "constant" or
-            "cosine" decay to zero at the run's last optimizer step.
+        lr_warmup_steps: linear learning-rate warm-up over the first steps.
+        lr_decay: then "constant", or "cosine" decay to zero at the run's last optimizer step.
         cache_frozen: memoise the frozen VAE's posterior (mean, std) per image (keyed by its
             content) and the frozen text encoder's states per caption. Exact (the parts are
             frozen); on the demo's tiny CPU models a step takes 0.91x the time; it holds every
             training image's posterior in memory, so it is for sets that fit (the demo's), off by
             default.
-        pose_dropout, source_dropout: the fraction of training items whose pose / source person
-            (pose-transfer batches) is switched off, drawn independently per item, so that the
-            sampler can guide over each (`ClassifierFreeGuidance.source_scale`).
+        pose_dropout: the fraction of training items whose pose is switched off (drawn per
+            item), so that the sampler can guide over it.
+        source_dropout: the same for the source person of pose-transfer batches, drawn
+            independently of the pose (`ClassifierFreeGuidance.source_scale`).
 
     Pose-transfer batches (`grpose.data.pairs.PairBatch`) give the condition a source person
     (`PoseCondition.with_source`); everything else reads their target side.

@@ -39,8 +39,13 @@ class HigherHRNetDetector(PoseDetector):
     Args:
         checkpoint: the mmpose `.pth` (`higherhrnet_w48_humanart_512x512_udp.pth`); or give
             `network`.
-        flip_test, adjust, refine, max_people, detection_threshold, tag_threshold: mmpose's
-            `test_cfg` (defaults: the COCO UDP config the papers load).
+        flip_test: average the maps with the flipped image's (mmpose's `test_cfg`; the
+            defaults here are the COCO UDP config the papers load).
+        adjust: mmpose's `adjust`: sub-pixel peaks.
+        refine: mmpose's `refine`: fill missing joints of found people from the maps.
+        max_people: mmpose's `max_num_people`.
+        detection_threshold: mmpose's `detection_threshold`.
+        tag_threshold: mmpose's `tag_threshold`.
         dark_in_place: True reproduces mmpose on the CPU (HumanSD's runs: refine fills almost
             nothing); False its CUDA behaviour (Stable-Pose's and GRPose's runs).
         legacy_input: the papers' scripts' input: the image x255 truncated to uint8 and its RGB
