@@ -222,9 +222,9 @@ def test_fit_and_predict_through_the_cli_with_the_knowledge_base(knowledge_base,
     main(["predict", *configs, kb, f"--predict_writer.out_dir={out}",
           f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
           "--data.init_args.eval_batch_size=2", "--data.init_args.val.init_args.num_samples=2",
-          "--model.init_args.num_inference_steps=2"])
-    assert sorted(os.listdir(out)) == ["grid_0_00000.png", "validation_000000.png",
-                                       "validation_000001.png"]
+          "--model.init_args.num_inference_steps=2", "--allow_untrained=true"])
+    assert sorted(os.listdir(out)) == ["config.yaml", "grid_0_00000.png",  # + what made them
+                                       "validation_000000.png", "validation_000001.png"]
 
 
 def test_image_encoder_matches_open_clip(tmp_path):

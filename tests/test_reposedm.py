@@ -180,8 +180,8 @@ def test_predict_with_guidance_through_the_cli(tmp_path, one_thread):
                 "--data.init_args.val.init_args.num_samples=2",
                 "--model.init_args.num_inference_steps=2"])
     assert isinstance(cli.model.sampling_hooks[0], RePoseDMGuidance)
-    assert sorted(os.listdir(out)) == ["grid_0_00000.png", "validation_000000.png",
-                                       "validation_000001.png"]
+    assert sorted(os.listdir(out)) == ["config.yaml", "grid_0_00000.png",  # + what made them
+                                       "validation_000000.png", "validation_000001.png"]
 
 
 @pytest.mark.parametrize("scale", ["sd15", "tiny"])
