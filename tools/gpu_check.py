@@ -206,6 +206,8 @@ def section_step(args) -> dict:
                     flops_from=f"batch{args.batch}")
         except Exception as exc:
             out["settings"]["compiled_unet"] = dict(error=f"{type(exc).__name__}: {exc}"[:500])
+        finally:  # dynamo's caches keep the traced graphs (and their tensors) alive otherwise
+            torch._dynamo.reset()
     return out
 
 
