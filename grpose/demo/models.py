@@ -3,6 +3,7 @@ and a trained model loaded back for scoring. Each method is built from its tiny 
 (configs/method/tiny/<name>.yaml: the method, its loss and training options)."""
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -43,16 +44,21 @@ def diffusion(cfg, inputs: dict, unet, method, seed: int, **kwargs) -> PoseDiffu
                                **{"cache_frozen": True, **kwargs})
 
 
+def train_base(cfg, build, train, folder: str) -> dict:
+    """The demo's tiny text-to-image base: a UNet trained with no pose on `train` (`build(unet,
+    method, seed, **kwargs)` makes the module around it), saved in `folder`; its stage info."""
+    module = build(tiny_unet(seed=cfg.seed), NoPose(), cfg.seed, trainable=["unet"],
+                   loss=PoseWeightedMSE(alpha=1.0), lr=cfg.base_lr, **schedule(cfg))
+    trainer(cfg, "base", cfg.base_steps).fit(module, PoseDataModule(
+        train=train, batch_size=cfg.batch_size, seed=cfg.seed))
+    module.unet.save_pretrained(folder)
+    return {"unet_dir": folder}
+
+
 def base_stage(cfg, inputs) -> dict:
     def build(d):
         train, _ = datasets(cfg, os.path.join(cfg.out, "data"), 0.1)
-        module = diffusion(cfg, inputs, tiny_unet(seed=cfg.seed), NoPose(), cfg.seed,
-                           trainable=["unet"], loss=PoseWeightedMSE(alpha=1.0), lr=cfg.base_lr,
-                           **schedule(cfg))
-        trainer(cfg, "base", cfg.base_steps).fit(module, PoseDataModule(
-            train=train, batch_size=cfg.batch_size, seed=cfg.seed))
-        module.unet.save_pretrained(d)
-        return {"unet_dir": d}
+        return train_base(cfg, functools.partial(diffusion, cfg, inputs), train, d)
     return run_stage(cfg, "base", dict(steps=cfg.base_steps, lr=cfg.base_lr, **schedule(cfg),
                                        vae=inputs["vae"]["settings"]), build)
 

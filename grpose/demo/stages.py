@@ -163,21 +163,25 @@ def pose_stage(cfg, inputs, name: str = "pose", seed_offset: int = 1) -> dict:
                                      augment=POSE_AUGMENT), build)
 
 
+def train_vae(cfg, train, folder: str) -> dict:
+    """The demo's tiny VAE trained on `train`'s images and saved in `folder`; its stage info."""
+    module = AutoencoderModule(tiny_vae(VAE["channels"], cfg.seed,
+                                        mid_attention=VAE["mid_attention"]),
+                               init_logvar=VAE["init_logvar"], lr=cfg.vae_lr,
+                               lr_warmup_steps=cfg.warmup_steps, lr_decay=cfg.lr_decay,
+                               crop_size=cfg.vae_crop or None, seed=cfg.seed)
+    trainer(cfg, "vae", cfg.vae_steps).fit(module, PoseDataModule(
+        train=train, batch_size=cfg.batch_size, seed=cfg.seed))
+    module.vae.save_pretrained(folder)
+    images = torch.stack([train[i].image for i in range(min(64, len(train)))])
+    return {"vae_dir": folder, "latent_scale": module.latent_scale(images)}
+
+
 def vae_stage(cfg, inputs) -> dict:
     data_dir = os.path.join(cfg.out, "data")
 
     def build(d):
-        train, _ = datasets(cfg, data_dir, 0.0)
-        module = AutoencoderModule(tiny_vae(VAE["channels"], cfg.seed,
-                                            mid_attention=VAE["mid_attention"]),
-                                   init_logvar=VAE["init_logvar"], lr=cfg.vae_lr,
-                                   lr_warmup_steps=cfg.warmup_steps, lr_decay=cfg.lr_decay,
-                                   crop_size=cfg.vae_crop or None, seed=cfg.seed)
-        trainer(cfg, "vae", cfg.vae_steps).fit(module, PoseDataModule(
-            train=train, batch_size=cfg.batch_size, seed=cfg.seed))
-        module.vae.save_pretrained(d)
-        images = torch.stack([train[i].image for i in range(min(64, len(train)))])
-        return {"vae_dir": d, "latent_scale": module.latent_scale(images)}
+        return train_vae(cfg, datasets(cfg, data_dir, 0.0)[0], d)
     return run_stage(cfg, "vae", dict(steps=cfg.vae_steps, arch=VAE, lr=cfg.vae_lr,
                                       crop=cfg.vae_crop, warmup=cfg.warmup_steps,
                                       decay=cfg.lr_decay,

@@ -1,7 +1,8 @@
 """The configs `make train` reads after `make demo`: `<out>/configs/base.yaml` (the demo's
-trained tiny base: its UNet, VAE and latent scale, text tower, sampler) and `<out>/configs/data.yaml`
-(the demo's synthetic Human-Art folder with its thinner pose lines). A base that was never trained
-draws coloured noise whatever the method learns; this one draws people."""
+trained tiny base: its UNet, VAE and latent scale, text tower, sampler) and
+`<out>/configs/data.yaml` (the demo's synthetic Human-Art folder with its thinner pose lines).
+A base that was never trained draws coloured noise whatever the method learns; this one draws
+people."""
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@ drawn once into a file, the autoencoder and the text-to-image base trained on th
 one transfer method per (name, seed), and a trained model loaded back for sampling."""
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -12,15 +13,13 @@ from torch.utils.data import Dataset
 from grpose.data import PoseDataModule
 from grpose.data.pairs import PairSample, collate_pair_samples
 from grpose.data.synthetic_pairs import SyntheticPairs
-from grpose.demo.models import schedule
+from grpose.demo.models import schedule, train_base
 from grpose.demo.stages import (CONFIGS, VAE, build_object, model_spec, run_stage, text_encoder,
-                                trainer)
+                                train_vae, trainer)
 from grpose.diffusion import PoseDiffusionModule
-from grpose.diffusion.autoencoder import AutoencoderModule
-from grpose.diffusion.components import load_unet, load_vae, noise_scheduler, tiny_unet, tiny_vae
+from grpose.diffusion.components import load_unet, load_vae, noise_scheduler
 from grpose.diffusion.guidance import ClassifierFreeGuidance
-from grpose.diffusion.losses import PoseWeightedMSE
-from grpose.methods import NoPose, method_from_config
+from grpose.methods import method_from_config
 
 GUIDED = "reposedm+guidance"
 """The row of `reposedm` sampled with RePoseDM's pose-field gradient guidance."""
@@ -86,17 +85,7 @@ def pairs_stage(cfg, inputs) -> dict:
 
 def pairs_vae_stage(cfg, inputs) -> dict:
     def build(d):
-        train = CachedPairs(inputs["pairs"]["training"])
-        module = AutoencoderModule(tiny_vae(VAE["channels"], cfg.seed,
-                                            mid_attention=VAE["mid_attention"]),
-                                   init_logvar=VAE["init_logvar"], lr=cfg.vae_lr,
-                                   lr_warmup_steps=cfg.warmup_steps, lr_decay=cfg.lr_decay,
-                                   crop_size=cfg.vae_crop or None, seed=cfg.seed)
-        trainer(cfg, "vae", cfg.vae_steps).fit(module, PoseDataModule(
-            train=train, batch_size=cfg.batch_size, seed=cfg.seed))
-        module.vae.save_pretrained(d)
-        images = torch.stack([train[i].image for i in range(min(64, len(train)))])
-        return {"vae_dir": d, "latent_scale": module.latent_scale(images)}
+        return train_vae(cfg, CachedPairs(inputs["pairs"]["training"]), d)
     return run_stage(cfg, "vae", dict(steps=cfg.vae_steps, arch=VAE, lr=cfg.vae_lr,
                                       crop=cfg.vae_crop, **schedule(cfg),
                                       pairs=inputs["pairs"]["settings"]), build)
@@ -114,14 +103,8 @@ def diffusion(cfg, inputs: dict, unet, method, seed: int, **kwargs) -> PoseDiffu
 
 def pairs_base_stage(cfg, inputs) -> dict:
     def build(d):
-        train = CachedPairs(inputs["pairs"]["training"], 0.1, cfg.seed)
-        module = diffusion(cfg, inputs, tiny_unet(seed=cfg.seed), NoPose(), cfg.seed,
-                           trainable=["unet"], loss=PoseWeightedMSE(alpha=1.0), lr=cfg.base_lr,
-                           **schedule(cfg))
-        trainer(cfg, "base", cfg.base_steps).fit(module, PoseDataModule(
-            train=train, batch_size=cfg.batch_size, seed=cfg.seed))
-        module.unet.save_pretrained(d)
-        return {"unet_dir": d}
+        return train_base(cfg, functools.partial(diffusion, cfg, inputs),
+                          CachedPairs(inputs["pairs"]["training"], 0.1, cfg.seed), d)
     return run_stage(cfg, "base", dict(steps=cfg.base_steps, lr=cfg.base_lr, **schedule(cfg),
                                        vae=inputs["vae"]["settings"]), build)
 

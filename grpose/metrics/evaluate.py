@@ -28,7 +28,8 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def load_generated(folder: str, meta: dict, size: tuple[int, int]) -> torch.Tensor | None:
-    """The generated image of an item as `(3, H, W)` in [-1, 1], resized to `size`; None if absent."""
+    """The generated image of an item as `(3, H, W)` in [-1, 1], resized to `size`; None if
+    absent."""
     for ext in EXTENSIONS:
         path = os.path.join(folder, image_name(meta) + ext)
         if os.path.isfile(path):
@@ -48,6 +49,24 @@ def load_generated(folder: str, meta: dict, size: tuple[int, int]) -> torch.Tens
 def mean_over(rows: list[dict]) -> dict:
     keys = sorted({k for r in rows for k in r})
     return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+
+
+def generated_images(images: str, data: Dataset, on_missing: str) -> tuple[list, int]:
+    """`(item, generated image)` of every item of `data` whose `<id>.png` is in `images`, and
+    how many were missing (`on_missing="raise"`: the first one is a `DataError` naming it)."""
+    found, missing = [], 0
+    for i in range(len(data)):
+        item = data[i]
+        gen = load_generated(images, item.meta, tuple(item.image.shape[-2:]))
+        if gen is None:
+            if on_missing == "raise":
+                raise DataError(os.path.join(images, image_name(item.meta) + ".png"),
+                                "generated image not found", "missing image")
+            missing += 1
+            log.warning("no generated image for item %s", item.meta["id"])
+            continue
+        found.append((item, gen))
+    return found, missing
 
 
 def evaluate_folder(images: str, data: Dataset, detector: PoseDetector | None = None,
@@ -77,20 +96,12 @@ def evaluate_folder(images: str, data: Dataset, detector: PoseDetector | None = 
     def metrics(quality: bool) -> GenerationMetrics:
         return GenerationMetrics(
             detector, ImageQuality(extractor, kid_subset_size=kid_subset_size, **size)
-            if extractor is not None and quality else None, ClipScore(*clip) if clip else None, legacy)
+            if extractor is not None and quality else None,
+            ClipScore(*clip) if clip else None, legacy)
 
     by_scenario: dict[str, list] = defaultdict(list)
-    missing = 0
-    for i in range(len(data)):
-        item = data[i]
-        gen = load_generated(images, item.meta, tuple(item.image.shape[-2:]))
-        if gen is None:
-            if on_missing == "raise":
-                raise DataError(os.path.join(images, image_name(item.meta) + ".png"),
-                                "generated image not found", "missing image")
-            missing += 1
-            log.warning("no generated image for item %s", item.meta["id"])
-            continue
+    found, missing = generated_images(images, data, on_missing)
+    for item, gen in found:
         by_scenario[item.meta["scenario"]].append((item, gen))
     if not by_scenario:
         raise DataError(images, f"none of the {len(data)} items' generated images is here "

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from grpose.data.io import DataError
 from grpose.data.pairs import collate_pair_samples
-from grpose.metrics.evaluate import load_generated
+from grpose.metrics.evaluate import generated_images
 from grpose.metrics.image_quality import ImageQuality, InceptionV3Features
 from grpose.metrics.report import image_name, markdown_table
 from grpose.metrics.suite import GenerationMetrics, to_unit
@@ -88,18 +88,7 @@ def evaluate_transfer_folder(images: str, data: Dataset, real_data: Dataset | No
     quality = (ImageQuality(fid_extractor, kid_subset_size=2)
                if "fid" not in not_computed else None)
 
-    found, missing = [], 0
-    for i in range(len(data)):
-        item = data[i]
-        gen = load_generated(images, item.meta, tuple(item.image.shape[-2:]))
-        if gen is None:
-            if on_missing == "raise":
-                raise DataError(os.path.join(images, image_name(item.meta) + ".png"),
-                                "generated image not found", "missing image")
-            missing += 1
-            log.warning("no generated image for pair %s", item.meta["id"])
-            continue
-        found.append((item, gen))
+    found, missing = generated_images(images, data, on_missing)
     if not found:
         raise DataError(images, f"none of the {len(data)} pairs' generated images is here "
                         f"(named <id>.png, e.g. {image_name(data[0].meta) if len(data) else '?'}"
