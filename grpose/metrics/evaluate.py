@@ -136,9 +136,10 @@ def markdown_table(results: dict) -> str:
     return _table(rows, first="scenario", digits=2)
 
 
-def write_results(results: dict, out_dir: str) -> None:
+def write_results(results: dict, out_dir: str, table=None) -> None:
+    """`<out_dir>/results.json` and `results.md` (`table(results)`, default `markdown_table`)."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(markdown_table(results))
+        f.write((table or markdown_table)(results))

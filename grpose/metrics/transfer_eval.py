@@ -3,9 +3,7 @@ LPIPS, FID against the training images, pose AP of the generated images and, whe
 knows its body parts (`SyntheticPairs`), the colour error per part."""
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import torch
 from torch import nn
@@ -13,7 +11,7 @@ from torch.utils.data import Dataset
 
 from grpose.data.io import DataError
 from grpose.data.pairs import collate_pair_samples
-from grpose.metrics.evaluate import generated_images
+from grpose.metrics.evaluate import generated_images, write_results
 from grpose.metrics.image_quality import ImageQuality, InceptionV3Features
 from grpose.metrics.report import image_name, markdown_table
 from grpose.metrics.suite import GenerationMetrics, to_unit
@@ -140,8 +138,4 @@ def transfer_table(results: dict, name: str = "generated") -> str:
 
 
 def write_transfer_results(results: dict, out_dir: str) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(transfer_table(results))
+    write_results(results, out_dir, transfer_table)
