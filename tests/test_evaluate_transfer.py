@@ -96,7 +96,7 @@ def test_main_writes_results(pairs, tmp_path, capsys):
     assert saved["metrics"]["ssim_gaussian"] < 1 and "lpips" not in saved["metrics"]
     md = (out / "results.md").read_text()
     assert "| method | ssim_gaussian | ssim_uniform | psnr | colour_error |" in md
-    assert "| method | head | torso | hips | left_sleeve |" in md
+    assert "| method | hair | face | torso | panel | hips | left_sleeve |" in md
     assert "lpips: not computed (no lpips_weights" in capsys.readouterr().out
 
 

@@ -23,7 +23,9 @@ from grpose.data.transforms import mark_outside_missing
 class PairSample:
     """One pose-transfer item. Images are in [-1, 1]; keypoints are output pixels of their own
     image, `[-1, -1, 0]` = missing. `target_parts` (synthetic pairs only) marks, per body part,
-    the target pixels where that part is visible: the ground truth of the colour error."""
+    the target pixels where that part is visible: the ground truth of the colour error, and
+    their union the person mask. `target_background` (synthetic pairs only) is the target image
+    without its person (the same background and noise): the "background only" reference."""
 
     source_image: torch.Tensor  # (3, H, W)
     source_pose_image: torch.Tensor  # (3, H, W) source keypoints rendered like pose_image
@@ -34,6 +36,7 @@ class PairSample:
     caption: str
     meta: dict = field(default_factory=dict)  # "id", "index", "source_path", "image_path", ...
     target_parts: torch.Tensor | None = None  # (K, H, W) bool
+    target_background: torch.Tensor | None = None  # (3, H, W) in [-1, 1]
 
     def target_sample(self) -> PoseSample:
         """The target side as a `PoseSample`."""
@@ -56,6 +59,7 @@ class PairBatch:
     captions: list[str]
     meta: list[dict]
     target_parts: torch.Tensor | None = None  # (B, K, H, W) bool
+    target_background: torch.Tensor | None = None  # (B, 3, H, W) in [-1, 1]
 
     def __len__(self) -> int:
         return self.image.shape[0]
@@ -95,9 +99,12 @@ def collate_pair_samples(samples: list[PairSample]) -> PairBatch:
     """Stack `PairSample`s into a `PairBatch`, padding a variable number of people per side."""
     if not samples:
         raise ValueError("cannot collate an empty list of pair samples")
-    parts = [s.target_parts for s in samples]
-    if any(p is None for p in parts) and not all(p is None for p in parts):
-        raise ValueError("collate_pair_samples: some samples have target_parts and some do not")
+    optional = {}
+    for name in ("target_parts", "target_background"):  # (B, ...) or None
+        values = [getattr(s, name) for s in samples]
+        if any(v is None for v in values) and not all(v is None for v in values):
+            raise ValueError(f"collate_pair_samples: some samples have {name} and some do not")
+        optional[name] = None if values[0] is None else torch.stack(values)
     src_kp, src_mask = pad_people([s.source_keypoints for s in samples])
     tgt_kp, tgt_mask = pad_people([s.keypoints for s in samples])
     return PairBatch(
@@ -108,7 +115,7 @@ def collate_pair_samples(samples: list[PairSample]) -> PairBatch:
         pose_image=torch.stack([s.pose_image for s in samples]),
         keypoints=tgt_kp, person_mask=tgt_mask,
         captions=[s.caption for s in samples], meta=[s.meta for s in samples],
-        target_parts=None if parts[0] is None else torch.stack(parts),
+        **optional,
     )
 
 
@@ -130,10 +137,11 @@ def resize_to(image: np.ndarray, people: np.ndarray, height: int, width: int):
 def make_pair_sample(source: np.ndarray, source_people: np.ndarray, target: np.ndarray,
                      target_people: np.ndarray, caption: str, meta: dict,
                      size: tuple[int, int], pose_style: str = "humansd",
-                     render_scale: float = 1.0, target_parts: np.ndarray | None = None
-                     ) -> PairSample:
+                     render_scale: float = 1.0, target_parts: np.ndarray | None = None,
+                     target_background: np.ndarray | None = None) -> PairSample:
     """Resize both `uint8 (h, w, 3)` images to `size = (H, W)`, render both poses, build the
-    sample. `target_parts` (`bool (K, H, W)`) must already have the output size."""
+    sample. `target_parts` (`bool (K, H, W)`) must already have the output size;
+    `target_background` (`uint8 (h, w, 3)`, the target's size) is resized like the target."""
     height, width = size
     src, src_kp = resize_to(source, source_people, height, width)
     tgt, tgt_kp = resize_to(target, target_people, height, width)
@@ -142,6 +150,13 @@ def make_pair_sample(source: np.ndarray, source_people: np.ndarray, target: np.n
         if target_parts.shape[1:] != (height, width):
             raise ValueError(f"target_parts has shape {target_parts.shape}, images {size}")
         parts = torch.from_numpy(np.ascontiguousarray(target_parts, dtype=bool))
+    background = None
+    if target_background is not None:
+        if target_background.shape != target.shape:
+            raise ValueError(f"target_background has shape {target_background.shape}, the "
+                             f"target {target.shape}")
+        background = to_model_range(resize_to(target_background, target_people, height,
+                                              width)[0])
 
     def render(kp):
         return to_model_range(render_pose(kp, height, width, style=pose_style, scale=render_scale))
@@ -149,4 +164,5 @@ def make_pair_sample(source: np.ndarray, source_people: np.ndarray, target: np.n
     return PairSample(source_image=to_model_range(src), source_pose_image=render(src_kp),
                       source_keypoints=torch.from_numpy(src_kp), image=to_model_range(tgt),
                       pose_image=render(tgt_kp), keypoints=torch.from_numpy(tgt_kp),
-                      caption=caption, meta=dict(meta), target_parts=parts)
+                      caption=caption, meta=dict(meta), target_parts=parts,
+                      target_background=background)

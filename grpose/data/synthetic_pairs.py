@@ -1,15 +1,22 @@
-"""Synthetic pose-transfer pairs: one procedural identity drawn in two poses.
+"""Synthetic pose-transfer pairs: one procedural identity drawn in two poses and two places.
 
-An identity fixes skin, hair, body size, the background, a shirt (colour and pattern: plain,
-stripes or checks), one sleeve in an accent colour (left or right), a stripe down one trouser
-leg, a chest emblem seen only from the front and a back patch seen only from the back. Each
-image draws a pose (`synthetic.sample_skeleton`) and a view: from the back the skeleton is
-mirrored (the person's left is on image left) and nose and eyes are not annotated. None of
-this can be read off the target pose; it must come from the source image. Captions name the
-pose, the view and the shirt pattern, never a colour. Every pixel of the person carries a body
-part label (`PART_NAMES`), so a generated image's colour per part can be checked against the
-target's. Everything is a pure function of `(seed, split, index)`; identities of different
-splits come from different seeds, so they do not overlap.
+An identity fixes skin, hair, body size and clothes whose colours move with the body: the left
+sleeve (upper arm and forearm) in one colour and the right in another, the left and the right
+trouser leg in two more, a torso colour, a waistband, and a large panel on the chest (about a
+third of the torso, seen from the front and from the back). Every region is at least two latent
+cells of a factor-4 autoencoder wide (limbs >= 8 px at 64 px); nothing finer is drawn. The two
+views are independent: each has its own skeleton (`synthetic.sample_skeleton`, arms and legs
+set apart from the torso), its own view (front or back: from the back the skeleton is mirrored,
+the person's left on image left, and the face keypoints are not annotated), its own place (the
+target shifted by up to 0.15 of the side) and its own background and noise. None of the
+appearance can be read off the target pose or the target's background; it must come from the
+source image. Captions name the pose, the view and the background kind, never a colour.
+
+Every pixel of the person carries a body-part label (`PART_NAMES`), so the person mask is
+`labels >= 0` and a generated image's colour per part can be checked against the target's.
+`meta` records the pose change (`pose_change` in pixels, `view_flip`, and the group `change`:
+"flip", "large" or "small") to split results by it. Everything is a pure function of
+`(seed, split, index)`; identities of different splits come from different seeds.
 """
 from __future__ import annotations
 
@@ -18,43 +25,66 @@ from torch.utils.data import Dataset
 
 from grpose.data.base import TRAIN_SPLITS, canonical_split
 from grpose.data.pairs import PairSample, collate_pair_samples, make_pair_sample
-from grpose.data.render import draw_capsule, draw_disk
+from grpose.data.render import draw_capsule
 from grpose.data.synthetic import COLORS, SKIN, SPLIT_IDS, _background, sample_skeleton
 from grpose.data.transforms import mark_outside_missing
 
-PART_NAMES = ("head", "torso", "hips", "left_sleeve", "right_sleeve", "left_forearm",
-              "right_forearm", "left_leg", "right_leg")
+PART_NAMES = ("hair", "face", "torso", "panel", "hips", "left_sleeve", "right_sleeve",
+              "left_forearm", "right_forearm", "left_leg", "right_leg")
 PART = {name: k for k, name in enumerate(PART_NAMES)}
-PATTERNS = ("plain", "striped", "checked")
+CLOTHES = ("torso", "panel", "hips", "left_arm", "right_arm", "left_leg", "right_leg")
 HAIR = np.array([(30, 20, 15), (90, 55, 25), (200, 160, 80), (120, 120, 120), (150, 50, 20)])
+# Body geometry in body units (the skeleton's, `size` pixels each): limb radii, how far arms
+# and legs are set apart from `sample_skeleton`'s, and the height from ankles to head top.
+RADIUS = {"forearm": 0.09, "sleeve": 0.095, "leg": 0.095, "hips": 0.08, "torso": 0.12,
+          "shoulders": 0.085, "panel": 0.075, "hair": 0.095, "face": 0.075}
+ARM_OUT, LEG_OUT = 0.06, 0.025
+HEAD_UP = 0.12  # head centre above the neck
+BODY_HEIGHT = 0.30 + HEAD_UP + 0.02 + RADIUS["hair"] + 0.46  # head top to ankles
+HEIGHT_RANGE = (0.75, 0.95)  # person height as a fraction of the image side
+FRONT_P = 0.7  # per view: view flips in 2 * 0.7 * 0.3 = 42 % of pairs
+SHIFT = (0.15, 0.05)  # largest target shift relative to the source, fraction of the side (x, y)
+LARGE_CHANGE = 0.12  # pose_change / side above this: a "large" change (about half of non-flips)
 _PAIR_STREAM = 7  # keeps these draws apart from SyntheticPoseDataset's for the same seed
 
 
+def _jittered(rng: np.random.Generator, base, scale: float) -> np.ndarray:
+    return np.clip(np.asarray(base, float) + rng.normal(0, scale, 3), 0, 255)
+
+
 def sample_identity(rng: np.random.Generator, resolution: int) -> dict:
-    """An identity's appearance; colours are RGB floats, `size` is in pixels."""
-    names = rng.choice(list(COLORS), 5, replace=False)
-    jitter = rng.normal(0, 10, (5, 3))
-    shirt, accent, trousers, emblem, patch = np.clip(
-        [np.array(COLORS[n], float) + d for n, d in zip(names, jitter)], 0, 255)
-    return {
-        "skin": np.clip(SKIN[rng.integers(len(SKIN))] + rng.normal(0, 6, 3), 0, 255),
-        "hair": np.clip(HAIR[rng.integers(len(HAIR))] + rng.normal(0, 6, 3), 0, 255),
-        "shirt": shirt, "accent": accent, "trousers": trousers, "emblem": emblem,
-        "patch": patch, "pattern": PATTERNS[rng.integers(len(PATTERNS))],
-        "pattern_color": np.clip(shirt * 0.45 + rng.uniform(0, 120, 3), 0, 255),
-        "accent_side": int(rng.integers(2)),  # 0: the left sleeve, 1: the right
-        "stripe_side": int(rng.integers(2)),  # 0: down the left leg, 1: the right
-        "long_sleeves": bool(rng.random() < 0.5),
-        "size": rng.uniform(0.6, 0.85) * resolution,
-    }
+    """An identity's appearance: RGB float colours (`skin`, `hair` and one per `CLOTHES` entry,
+    hair far from skin, the clothes' chosen without replacement from `synthetic.COLORS` among
+    those far from both, all jittered) and `size`, pixels per body unit."""
+    skin = _jittered(rng, SKIN[rng.integers(len(SKIN))], 6)
+    hairs = HAIR[np.linalg.norm(HAIR - skin, axis=1) > 70]  # hair set off from the face
+    hair = _jittered(rng, hairs[rng.integers(len(hairs))], 6)
+    names = [n for n, c in COLORS.items()
+             if min(np.linalg.norm(np.subtract(c, skin)), np.linalg.norm(np.subtract(c, hair))) > 70]
+    chosen = rng.choice(names, len(CLOTHES), replace=False)
+    ident = {name: _jittered(rng, COLORS[c], 8) for name, c in zip(CLOTHES, chosen)}
+    height = rng.uniform(*HEIGHT_RANGE)
+    return {**ident, "skin": skin, "hair": hair, "size": height * resolution / BODY_HEIGHT}
 
 
 def part_colors(ident: dict) -> np.ndarray:
-    """`float (K, 3)` nominal base colour of each part (patterns and details aside)."""
-    sleeves = [ident["accent"], ident["shirt"]][::(1 if ident["accent_side"] == 0 else -1)]
-    forearm = [s if ident["long_sleeves"] else ident["skin"] for s in sleeves]
-    return np.stack([ident["skin"], ident["shirt"], ident["trousers"], *sleeves, *forearm,
-                     ident["trousers"], ident["trousers"]])
+    """`float (K, 3)` nominal colour of each part of `PART_NAMES`."""
+    return np.stack([ident["hair"], ident["skin"], ident["torso"], ident["panel"],
+                     ident["hips"], ident["left_arm"], ident["right_arm"], ident["left_arm"],
+                     ident["right_arm"], ident["left_leg"], ident["right_leg"]])
+
+
+def pair_skeleton(rng: np.random.Generator):
+    """`sample_skeleton`'s person with the arms and legs set apart from the torso (the drawn
+    limbs are wide): `(joints (17, 2), visible (17,), words, neck (2,), up (2,))`."""
+    joints, visible, words, neck, up = sample_skeleton(rng)
+    out = np.array([-up[1], up[0]])  # towards the person's left (their joints 5, 7, 9, ...)
+    joints = joints.copy()
+    joints[[5, 7, 9]] += out * ARM_OUT
+    joints[[6, 8, 10]] -= out * ARM_OUT
+    joints[[11, 13, 15]] += out * LEG_OUT
+    joints[[12, 14, 16]] -= out * LEG_OUT
+    return joints, visible, words, neck, up
 
 
 def _paint(img, labels, p0, p1, radius, color, part):
@@ -64,106 +94,135 @@ def _paint(img, labels, p0, p1, radius, color, part):
 
 def draw_identity(img: np.ndarray, labels: np.ndarray, ident: dict, joints: np.ndarray,
                   neck: np.ndarray, up: np.ndarray, front: bool) -> None:
-    """Draw a person in place: `img` uint8 (H, W, 3), `labels` int (H, W) part index or -1;
-    `joints` (17, 2), `neck` (2,) in pixels, `up` the unit vector from pelvis to neck."""
-    s = ident["size"]
-    lw = s * 0.045
-    right = np.array([-up[1], up[0]]) * (1 if front else -1)  # towards the person's left
-    legs = {"left_leg": (11, 13, 15), "right_leg": (12, 14, 16)}
-    for side, (name, (hip, knee, ankle)) in enumerate(legs.items()):
-        _paint(img, labels, joints[hip], joints[knee], lw, ident["trousers"], name)
-        _paint(img, labels, joints[knee], joints[ankle], lw, ident["trousers"], name)
-        if side == ident["stripe_side"]:
-            outward = right * (1 if side == 0 else -1) * lw * 0.55
-            for a, b in ((hip, knee), (knee, ankle)):
-                _paint(img, labels, joints[a] + outward, joints[b] + outward, lw * 0.3,
-                       ident["emblem"], name)
+    """Draw a person in place, every pixel labelled.
+
+    Args:
+        img: uint8 `(H, W, 3)` canvas.
+        labels: int `(H, W)` canvas of part indices (`PART_NAMES`), -1 where no person.
+        ident: the identity (`sample_identity`).
+        joints: `(17, 2)` joint pixels.
+        neck: `(2,)` neck pixel.
+        up: `(2,)` unit vector from pelvis to neck in the image.
+        front: seen from the front (the face drawn) or from the back.
+    """
+    r = {k: v * ident["size"] for k, v in RADIUS.items()}
+    for side in ("left", "right"):
+        hip, knee, ankle = (11, 13, 15) if side == "left" else (12, 14, 16)
+        for a, b in ((hip, knee), (knee, ankle)):
+            _paint(img, labels, joints[a], joints[b], r["leg"], ident[f"{side}_leg"],
+                   f"{side}_leg")
     pelvis = (joints[11] + joints[12]) / 2
-    _paint(img, labels, joints[11], joints[12], lw * 1.2, ident["trousers"], "hips")
-    _paint(img, labels, neck, pelvis, s * 0.085, ident["shirt"], "torso")
-    _paint(img, labels, joints[5], joints[6], lw * 1.1, ident["shirt"], "torso")
-    _pattern(img, labels, ident, neck, up, right)
-    centre = neck * 0.6 + pelvis * 0.4
+    _paint(img, labels, neck, pelvis, r["torso"], ident["torso"], "torso")
+    _paint(img, labels, joints[5], joints[6], r["shoulders"], ident["torso"], "torso")
+    _paint(img, labels, joints[11], joints[12], r["hips"], ident["hips"], "hips")
+    centre = neck * 0.55 + pelvis * 0.45
+    half = up * ident["size"] * 0.045
+    _paint(img, labels, centre + half, centre - half, r["panel"], ident["panel"], "panel")
+    for side in ("left", "right"):
+        sh, el, wr = (5, 7, 9) if side == "left" else (6, 8, 10)
+        colour = ident[f"{side}_arm"]
+        _paint(img, labels, joints[sh], joints[el], r["sleeve"], colour, f"{side}_sleeve")
+        _paint(img, labels, joints[el], joints[wr], r["forearm"], colour, f"{side}_forearm")
+    head = neck + up * ident["size"] * HEAD_UP
+    hair = head + up * ident["size"] * 0.02
+    _paint(img, labels, hair, hair, r["hair"], ident["hair"], "hair")
     if front:
-        draw_capsule(img, centre, centre, s * 0.03, ident["emblem"])
-    else:
-        _paint(img, labels, centre + up * s * 0.04, centre - up * s * 0.04, s * 0.035,
-               ident["patch"], "torso")
-    sleeves = ((ident["accent"], ident["shirt"]) if ident["accent_side"] == 0
-               else (ident["shirt"], ident["accent"]))
-    for side, (sh, el, wr), sleeve in (("left", (5, 7, 9), sleeves[0]),
-                                       ("right", (6, 8, 10), sleeves[1])):
-        _paint(img, labels, joints[sh], joints[el], lw * 0.8, sleeve, f"{side}_sleeve")
-        lower = sleeve if ident["long_sleeves"] else ident["skin"]
-        _paint(img, labels, joints[el], joints[wr], lw * 0.65, lower, f"{side}_forearm")
-        _paint(img, labels, joints[wr], joints[wr], lw * 0.8, ident["skin"], f"{side}_forearm")
-    head = neck + up * s * 0.09
-    _paint(img, labels, head + up * s * 0.012, head + up * s * 0.012, s * 0.068, ident["hair"],
-           "head")
-    if front:
-        _paint(img, labels, head - up * s * 0.01, head - up * s * 0.01, s * 0.06, ident["skin"],
-               "head")
-        for e in (1, 2):
-            draw_disk(img, joints[e], max(s * 0.008, 0.6), (20, 20, 20))
+        face = head - up * ident["size"] * 0.02
+        _paint(img, labels, face, face, r["face"], ident["skin"], "face")
 
 
-def _pattern(img, labels, ident, neck, up, right) -> None:
-    """Stripes or checks on the visible shirt body, in the body's own frame."""
-    if ident["pattern"] == "plain":
-        return
-    ys, xs = np.nonzero(labels == PART["torso"])
-    rel = np.stack([xs, ys], 1) - neck
-    period = ident["size"] * 0.05
-    u, v = np.floor(rel @ up / period), np.floor(rel @ right / period)
-    on = (u % 2 == 1) if ident["pattern"] == "striped" else ((u + v) % 2 == 1)
-    img[ys[on], xs[on]] = ident["pattern_color"].astype(np.uint8)
+def draw_view(ident: dict, rng: np.random.Generator, noise_rng: np.random.Generator,
+              resolution: int, centre: np.ndarray, front: bool,
+              avoid_color: str | None = None) -> dict:
+    """One image of `ident` on its own background, the pelvis at `centre` (pixels).
 
+    Args:
+        ident: the identity (`sample_identity`).
+        rng: draws the skeleton and the background.
+        noise_rng: the background's and the image's noise.
+        resolution: image side.
+        centre: `(2,)` pelvis pixel.
+        front: seen from the front, or from the back (mirrored, no face keypoints).
+        avoid_color: a background colour name not to draw (redrawn until another).
 
-def draw_view(ident: dict, background: np.ndarray, rng: np.random.Generator,
-              noise_rng: np.random.Generator):
-    """One image of `ident`: `(uint8 (R, R, 3), keypoints (1, 17, 3), labels (R, R), words)`."""
-    res = background.shape[0]
-    joints, visible, words, neck, up = sample_skeleton(rng)
-    front = bool(rng.random() < 0.6)
+    Returns:
+        `{"image": uint8 (R, R, 3), "background": uint8 (R, R, 3) the same pixels without the
+        person, "keypoints": (1, 17, 3), "labels": int (R, R), "words", "scenario",
+        "background_color"}`.
+    """
+    res = resolution
+    joints, visible, words, neck, up = pair_skeleton(rng)
+    background, scenario, bg_name = _background(rng, noise_rng, res)
+    while bg_name == avoid_color:
+        background, scenario, bg_name = _background(rng, noise_rng, res)
     if not front:  # seen from the back: mirrored, no face keypoints
         joints, neck, up = joints * [-1, 1], neck * [-1, 1], up * [-1, 1]
         visible = visible.copy()
         visible[:3] = False
         visible[3:5] = True
-    size = ident["size"] * rng.uniform(0.95, 1.05)
-    centre = np.array([res / 2 + rng.normal(0, res * 0.04), res * 0.5 + rng.normal(0, res * 0.03)])
+    size = ident["size"]
     pix = joints * size + centre
     img = background.copy()
     labels = np.full((res, res), -1, dtype=np.int64)
-    draw_identity(img, labels, {**ident, "size": size}, pix, neck * size + centre, up, front)
-    img = np.clip(img + noise_rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+    draw_identity(img, labels, ident, pix, neck * size + centre, up, front)
+    noise = noise_rng.normal(0, 3, img.shape)
     kp = np.concatenate([pix, visible[:, None].astype(float)], axis=1).astype(np.float32)
     kp[~visible] = (-1, -1, 0)
-    kp = mark_outside_missing(kp[None], res, res)
-    return img, kp, labels, f"{words}, seen from the {'front' if front else 'back'}"
+    return {"image": np.clip(img + noise, 0, 255).astype(np.uint8),
+            "background": np.clip(background + noise, 0, 255).astype(np.uint8),
+            "keypoints": mark_outside_missing(kp[None], res, res), "labels": labels,
+            "words": f"{words}, seen from the {'front' if front else 'back'}",
+            "scenario": scenario, "background_color": bg_name}
+
+
+def pose_change(source_keypoints: np.ndarray, target_keypoints: np.ndarray) -> float:
+    """Mean distance in pixels between the joints present in both `(1, 17, 3)` poses (NaN if
+    none is)."""
+    s, t = source_keypoints[0], target_keypoints[0]
+    both = (s[:, 2] > 0) & (t[:, 2] > 0)
+    return float(np.linalg.norm(s[both, :2] - t[both, :2], axis=1).mean()) if both.any() \
+        else float("nan")
 
 
 def generate_pair(seed: int, index: int, resolution: int, split: str = "training",
                   pairs_per_identity: int = 1) -> dict:
-    """Pair `index` of a split: its identity is `index // pairs_per_identity`. Returns the
-    source and target images (uint8), keypoints `(1, 17, 3)`, target part labels `(R, R)`,
-    nominal part colours `(K, 3)`, caption and meta; pure in its arguments."""
+    """Pair `index` of a split; its identity is `index // pairs_per_identity`. Pure in its
+    arguments.
+
+    Returns:
+        `{"source", "target", "target_background": uint8 (R, R, 3) (the target's pixels
+        without the person), "source_keypoints", "target_keypoints": (1, 17, 3), "labels":
+        int (R, R) the target's part index per pixel (-1: background), "part_colors": (K, 3),
+        "caption", "meta"}`; `meta` has "id", "identity", "scenario", "view_flip",
+        "pose_change" (pixels), "change" ("flip", "large" or "small") and "shift" (the target's
+        offset from the source, fraction of the side).
+    """
     split = canonical_split(split)
     identity, k = divmod(index, pairs_per_identity)
     key = [seed, SPLIT_IDS[split], _PAIR_STREAM, identity]
-    rng = np.random.default_rng(key)
-    ident = sample_identity(rng, resolution)
-    background, scenario, _ = _background(rng, np.random.default_rng(key + [1]), resolution)
-    views = []
-    for v in (0, 1):  # source, target
-        views.append(draw_view(ident, background, np.random.default_rng(key + [2, k, v]),
-                               np.random.default_rng(key + [3, k, v])))
-    (src, src_kp, _, _), (tgt, tgt_kp, labels, words) = views
-    caption = f"a person in a {ident['pattern']} shirt {words}, on a {scenario} background"
+    ident = sample_identity(np.random.default_rng(key), resolution)
+    place = np.random.default_rng(key + [1, k])
+    front = place.random(2) < FRONT_P  # (source, target)
+    shift = place.uniform(-1, 1, 2) * SHIFT  # (x, y) of the target relative to the source
+    start = np.array([0.5, 0.5]) - shift / 2 + place.normal(0, 0.02, 2)
+    views, avoid = [], None
+    for v, centre in enumerate((start, start + shift)):  # source, target
+        views.append(draw_view(ident, np.random.default_rng(key + [2, k, v]),
+                               np.random.default_rng(key + [3, k, v]), resolution,
+                               centre * resolution, bool(front[v]), avoid))
+        avoid = views[0]["background_color"]
+    src, tgt = views
+    change = pose_change(src["keypoints"], tgt["keypoints"])
+    flip = bool(front[0] != front[1])
+    group = "flip" if flip else "large" if change > LARGE_CHANGE * resolution else "small"
     meta = {"id": f"{split}_{index:06d}", "identity": f"{split}_{identity:06d}",
-            "scenario": scenario}
-    return {"source": src, "source_keypoints": src_kp, "target": tgt, "target_keypoints": tgt_kp,
-            "labels": labels, "part_colors": part_colors(ident), "caption": caption,
+            "scenario": tgt["scenario"], "view_flip": flip, "pose_change": change,
+            "change": group, "shift": [float(s) for s in shift]}
+    return {"source": src["image"], "source_keypoints": src["keypoints"],
+            "target": tgt["image"], "target_keypoints": tgt["keypoints"],
+            "target_background": tgt["background"], "labels": tgt["labels"],
+            "part_colors": part_colors(ident),
+            "caption": f"a person {tgt['words']}, on a {tgt['scenario']} background",
             "meta": meta}
 
 
@@ -176,7 +235,8 @@ class SyntheticPairs(Dataset):
         split: "training"/"train" or "validation"/"val" (disjoint identities).
         resolution: image side (square).
         pairs_per_identity: consecutive pairs showing the same identity in other poses.
-        pose_style / render_scale: how both poses are rendered (see `render_pose`).
+        pose_style: how both poses are rendered (see `render_pose`).
+        render_scale: the pose rendering's line scale (see `render_pose`).
         caption_dropout: probability of an empty caption, drawn per item and epoch (default 0.1
             in training, 0 otherwise).
     """
@@ -217,4 +277,5 @@ class SyntheticPairs(Dataset):
         return make_pair_sample(p["source"], p["source_keypoints"], p["target"],
                                 p["target_keypoints"], caption, meta,
                                 (self.resolution, self.resolution), self.pose_style,
-                                self.render_scale, target_parts=parts)
+                                self.render_scale, target_parts=parts,
+                                target_background=p["target_background"])
