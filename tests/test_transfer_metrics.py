@@ -110,6 +110,45 @@ def test_lpips_matches_torchmetrics_with_the_same_backbone(random_alexnet):
     assert LPIPS(net=ours.net)(x, x).item() == pytest.approx(0, abs=1e-7)
 
 
+def test_masked_lpips_by_hand(random_alexnet):
+    """Inside a mask: each layer's distance map (torchvision's AlexNet read from the file, the
+    shipped heads) averaged over the mask area-resized to the layer's grid, summed; a full mask
+    is plain LPIPS; an empty one is skipped."""
+    import torchvision
+    reference, path = random_alexnet
+    x, y = image_pairs(3, 64, 48, seed=6)
+    x, y = x.float(), y.float()
+    mask = torch.zeros(3, 64, 48, dtype=torch.bool)
+    mask[0, 10:50, 8:30] = True
+    mask[1, :20] = True
+    ours = LPIPS(backbone_weights=path)
+    ours.update(x, y, ids=[0, 1, 2], mask=mask)
+    alexnet = torchvision.models.alexnet(weights=None)
+    alexnet.load_state_dict(torch.load(path), strict=False)
+    heads = [ours.net.lins[k].model[1].weight for k in range(5)]  # (1, C, 1, 1) each
+    sl = reference.net.scaling_layer
+    expected = torch.zeros(2)
+    for i in range(2):
+        a, b = ((2 * t[i:i + 1] - 1 - sl.shift) / sl.scale for t in (x, y))
+        layer = 0
+        for k, f in enumerate(alexnet.features[:12]):
+            a, b = f(a), f(b)
+            if k in (1, 4, 7, 9, 11):  # the ReLU after each conv
+                na = a / (a.square().sum(1, keepdim=True) + 1e-8).sqrt()
+                nb = b / (b.square().sum(1, keepdim=True) + 1e-8).sqrt()
+                d = ((na - nb) ** 2 * heads[layer]).sum(1)[0]  # (h, w)
+                w = F.adaptive_avg_pool2d(mask[i:i + 1, None].float(), d.shape)[0, 0]
+                expected[i] += (d * w).sum() / w.sum()
+                layer += 1
+    ids, values = ours.per_image()
+    assert values[:2].tolist() == pytest.approx(expected.tolist(), rel=1e-4)
+    assert np.isnan(values[2].item()) and ours.num_skipped() == 1
+    assert ours.compute().item() == pytest.approx(expected.mean().item(), rel=1e-4)
+    full = LPIPS(net=ours.net)
+    full.update(x, y, mask=torch.ones(3, 1, 64, 48, dtype=torch.bool))
+    assert full._unique().tolist() == pytest.approx(reference(x, y).tolist(), rel=1e-5)
+
+
 def test_lpips_backbone_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         LPIPS(backbone_weights=str(tmp_path / "alexnet.pth"))

@@ -1,22 +1,30 @@
 """Pose-transfer image metrics (torchmetrics style, DDP-safe): SSIM in the two variants the field
-prints as one "SSIM", PSNR, LPIPS with a local AlexNet, and the colour error per body part.
+prints as one "SSIM", PSNR, LPIPS with a local AlexNet, and the colour error per body part; in
+the person region (a mask): `PersonSSIM` and `LPIPS(...).update(..., mask=)`.
 
 Images are `(N, 3, H, W)` in [0, 1] and compared pixel for pixel with their targets (same
 size). Every metric keeps one value per image with its id (`cat` states), so an image a
-distributed sampler repeated counts once; the result is the mean over images.
+distributed sampler repeated counts once; the result is the mean over images, NaN values (an
+empty mask) skipped and counted (`num_skipped`). `per_image()` gives the values with their ids
+(e.g. for `split_means`).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from grpose.data.io import read_state_dict, state_mismatch
 from grpose.metrics.image_quality import first_occurrences, ids_tensor
+from grpose.metrics.person_region import (lpips_layer_maps, masked_mean, masked_ssim_per_image,
+                                          split_means, ssim_map)
+
+__all__ = ["SSIM_VARIANTS", "ssim_per_image", "psnr_per_image", "masked_ssim_per_image",
+           "masked_mean", "split_means", "PerImageMean", "SSIM", "PersonSSIM", "PSNR",
+           "load_alexnet_lpips", "LPIPS", "PartColourError"]
 
 SSIM_VARIANTS = {
     # PIDM / "SSIM_256": scikit-image's structural_similarity(gaussian_weights=True, sigma=1.5,
@@ -33,31 +41,7 @@ def ssim_per_image(x: Tensor, y: Tensor, win_size: int = 11, gaussian: bool = Tr
     """Mean SSIM of each image pair `(N, C, H, W)` -> `(N,)`, as scikit-image computes it
     (`channel_axis` given: the mean over channels and over the pixels whose window lies inside
     the image; K1 = 0.01, K2 = 0.03)."""
-    if x.shape != y.shape or x.ndim != 4:
-        raise ValueError(f"SSIM: images must be (N, C, H, W) of one shape, got {tuple(x.shape)}"
-                         f" and {tuple(y.shape)}")
-    if min(x.shape[-2:]) < win_size:
-        raise ValueError(f"SSIM: images {tuple(x.shape[-2:])} are smaller than the window "
-                         f"{win_size}")
-    x, y = x.double(), y.double()
-    c = x.shape[1]
-    if gaussian:  # scipy.ndimage.gaussian_filter's taps, in float64
-        t = torch.arange(win_size, dtype=torch.float64) - (win_size - 1) / 2
-        k = torch.exp(-0.5 * (t / sigma) ** 2)
-    else:
-        k = torch.ones(win_size, dtype=torch.float64)
-    k = (k / k.sum()).to(x.device)
-
-    def filt(t: Tensor) -> Tensor:  # separable, 'valid': only windows inside the image
-        t = F.conv2d(t, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        return F.conv2d(t, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-    ux, uy, uxx, uyy, uxy = (filt(t) for t in (x, y, x * x, y * y, x * y))
-    n = win_size ** 2
-    cov_norm = n / (n - 1) if sample_covariance else 1.0
-    vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
+    s = ssim_map(x, y, win_size, gaussian, sigma, sample_covariance, data_range, "valid")
     return s.mean(dim=(1, 2, 3))  # (N,)
 
 
@@ -88,13 +72,23 @@ class PerImageMean(Metric):
         self.values.append(values.detach().double())
 
     def _unique(self) -> Tensor:
+        return self.per_image()[1]
+
+    def per_image(self) -> tuple[Tensor, Tensor]:
+        """`(ids (n,), values (n,) or (n, K))`, each id once (-1: images given without ids)."""
         if isinstance(self.values, list) and not self.values:  # (a tensor once synced)
             raise ValueError(f"{type(self).__name__}: compute() before any update()")
         ids, values = dim_zero_cat(self.ids), dim_zero_cat(self.values)
-        return values[first_occurrences(ids)]
+        keep = first_occurrences(ids)
+        return ids[keep], values[keep]
+
+    def num_skipped(self) -> int:
+        """Images whose value is NaN (e.g. an empty mask), left out of `compute`."""
+        values = self._unique()
+        return int(values.reshape(len(values), -1).isnan().all(1).sum())
 
     def compute(self) -> Tensor:
-        return self._unique().mean(0)
+        return self._unique().nanmean(0)
 
 
 class SSIM(PerImageMean):
@@ -114,6 +108,36 @@ class SSIM(PerImageMean):
     def update(self, preds: Tensor, target: Tensor, ids=None) -> None:
         self._check(preds, target)
         self._add(ssim_per_image(preds, target, data_range=self.data_range, **self.options), ids)
+
+
+class PersonSSIM(PerImageMean):
+    """SSIM inside a mask (the person): `masked_ssim_per_image` of each image, one named variant
+    (`SSIM_VARIANTS`), the map at the border as scikit-image's full map (`border="reflect"`) or
+    left out (`"valid"`); images with an empty mask are skipped and counted (`num_skipped`).
+
+    Args:
+        variant: "ssim_gaussian" (default) or "ssim_uniform".
+        data_range: 1 for images in [0, 1].
+        border: "reflect" or "valid" (see `masked_ssim_per_image`).
+    """
+
+    higher_is_better = True
+
+    def __init__(self, variant: str = "ssim_gaussian", data_range: float = 1.0,
+                 border: str = "reflect", **kwargs):
+        super().__init__(**kwargs)
+        if variant not in SSIM_VARIANTS:
+            raise ValueError(f"unknown SSIM variant {variant!r}; expected one of "
+                             f"{sorted(SSIM_VARIANTS)}")
+        self.variant, self.options = variant, SSIM_VARIANTS[variant]
+        self.data_range, self.border = data_range, border
+
+    @torch.no_grad()
+    def update(self, preds: Tensor, target: Tensor, mask: Tensor, ids=None) -> None:
+        """`mask`: `(N, H, W)` or `(N, 1, H, W)` bool, the target's person pixels."""
+        self._check(preds, target)
+        self._add(masked_ssim_per_image(preds, target, mask, data_range=self.data_range,
+                                        border=self.border, **self.options), ids)
 
 
 class PSNR(PerImageMean):
@@ -155,7 +179,10 @@ def load_alexnet_lpips(backbone_weights: str) -> torch.nn.Module:
 
 
 class LPIPS(PerImageMean):
-    """LPIPS (AlexNet, `lpips` 0.1 heads) of generated images against their targets.
+    """LPIPS (AlexNet, `lpips` 0.1 heads) of generated images against their targets; with a
+    mask, inside it: each layer's spatial distance map averaged over the mask resized to that
+    layer's grid (`masked_mean`), summed over layers (LPIPS's spatial form; an all-ones mask
+    gives plain LPIPS); an empty mask gives NaN, skipped and counted.
 
     Args:
         backbone_weights: local torchvision AlexNet weights (see `load_alexnet_lpips`); or
@@ -172,9 +199,15 @@ class LPIPS(PerImageMean):
         self.net = net if net is not None else load_alexnet_lpips(backbone_weights)
 
     @torch.no_grad()
-    def update(self, preds: Tensor, target: Tensor, ids=None) -> None:
+    def update(self, preds: Tensor, target: Tensor, ids=None, mask: Tensor | None = None
+               ) -> None:
+        """`mask`: None (the whole image) or `(N, H, W)` / `(N, 1, H, W)` bool."""
         self._check(preds, target)
-        d = self.net(preds.float().clamp(0, 1), target.float().clamp(0, 1), normalize=True)
+        if mask is None:
+            d = self.net(preds.float().clamp(0, 1), target.float().clamp(0, 1), normalize=True)
+        else:
+            maps = lpips_layer_maps(self.net, preds, target)  # [(N, 1, h_l, w_l)]
+            d = sum(masked_mean(m, mask) for m in maps)
         self._add(d.reshape(len(preds)), ids)
 
 
