@@ -48,8 +48,8 @@ compare: install  ## every method (+ GRPose with RePoseDM) on the same base and 
 compare-transfer: install  ## pose transfer: every transfer method (+ RePoseDM guidance) on synthetic pairs, 3 seeds, mean +- std (CPU)
 	$(PY) -m grpose.demo compare-transfer $(ARGS)
 
-generate: install  ## images for your own pose: make generate POSE=pose.json|photo.png PROMPT="..." [BUNDLE=... OUT=... ARGS=...]
-	$(PY) tools/generate.py --bundle $(BUNDLE) --pose "$(POSE)" --prompt "$(PROMPT)" --out $(OUT) $(ARGS)
+generate: install  ## images for your own pose: make generate POSE=pose.json|photo.png PROMPT="..." [SOURCE=photo.png for a pose-transfer bundle; BUNDLE=... OUT=... ARGS=...]
+	$(PY) tools/generate.py --bundle $(BUNDLE) --pose "$(POSE)" --prompt "$(PROMPT)" --out $(OUT) $(if $(SOURCE),--source "$(SOURCE)") $(ARGS)
 
 app: install  ## the pose editor app: every bundle under runs/ side by side, in the browser (ARGS="--port 8765 --runs runs")
 	$(PY) -m grpose.app $(ARGS)

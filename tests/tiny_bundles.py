@@ -9,9 +9,10 @@ import yaml
 
 from grpose.diffusion import PoseDiffusionModule
 from grpose.diffusion.components import OpenCLIPTextEncoder, load_unet, load_vae, noise_scheduler
-from grpose.diffusion.guidance import ClassifierFreeGuidance
+from grpose.diffusion.guidance import ClassifierFreeGuidance, InstructPix2PixGuidance
 from grpose.methods import method_from_config
-from grpose.pipeline.bundle import RenderSettings, save_bundle, save_text_encoder, spec
+from grpose.pipeline.bundle import RenderSettings, save_bundle, save_text_encoder
+from grpose.pipeline.settings import spec
 
 RENDER = RenderSettings(style="humansd", scale=0.35, height=64, width=64)
 TEXT_CFG = dict(width=32, heads=2, layers=2)
@@ -82,3 +83,26 @@ def detector_spec(folder: str) -> dict:
                      "detector.ckpt")
     return spec(NetworkDetector, checkpoint=name,
                 decode={"center_threshold": 0.0, "max_people": 1})
+
+
+def transfer_guidance(scale: float = 2.0, source_scale: float = 1.5):
+    """The two-condition guidance of a tiny pose-transfer model (InstructPix2Pix's form)."""
+    return InstructPix2PixGuidance(scale, source_scale)
+
+
+def tiny_transfer_module(tiny_parts, name: str, perturb, seed: int = 5,
+                         guidance=None) -> PoseDiffusionModule:
+    """A tiny pose-transfer model of method `name` (configs/method/tiny/transfer_<name>.yaml),
+    its zero-initialised outputs perturbed, sampling with `guidance` (default
+    `transfer_guidance()`)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        method = method_from_config(f"configs/method/tiny/transfer_{name}.yaml")
+    module = PoseDiffusionModule(copy.deepcopy(tiny_parts[0]), *tiny_parts[1:], method,
+                                 noise_scheduler(), num_inference_steps=2,
+                                 guidance=guidance or transfer_guidance(), conditioning_scale=2.0,
+                                 negative_prompt="", seed=seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        perturb(module.method)
+    return module.eval()

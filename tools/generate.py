@@ -9,6 +9,14 @@
 .jpg, ...) whose people the bundle's pose detector finds. Writes `<out>/pose.png` (the rendered
 condition) and `<out>/<bundle name>-seed<k>.png` per image, and prints where they went (with the
 OKS of the pose detected in each image against the target, when the bundle has a detector).
+
+A pose-transfer bundle re-renders a person: `--source IMAGE` (required for it, refused for a
+pose bundle) and optionally `--source-pose JSON` (the source person's keypoints in the source
+image's pixels; default: the bundle's detector reads them from the image). It also writes
+`<out>/source.png` (the source as the model saw it).
+
+    python tools/generate.py --bundle runs/compare_transfer/bundles/reposedm-s0 \
+        --prompt "a person" --pose docs/poses/example_openpose.json --source photo.png
 """
 from __future__ import annotations
 
@@ -16,25 +24,47 @@ import argparse
 import os
 import sys
 
-from grpose.pipeline import PoseError, PosePipeline
+from grpose.pipeline import PoseError, PosePipeline, read_bundle
+
+
+def check_source(args: argparse.Namespace) -> None:
+    """A source image for a pose-transfer bundle and none for a pose bundle (read before the
+    model is loaded): else one line."""
+    bundle = read_bundle(args.bundle)
+    if bundle.transfer and args.source is None:
+        raise ValueError(f"{args.bundle}: {bundle.method} is a pose-transfer method: give a "
+                         "source image (--source IMAGE; make generate SOURCE=photo.png)")
+    if not bundle.transfer and args.source is not None:
+        raise ValueError(f"{args.bundle}: {bundle.method} is a pose method and takes no source "
+                         "image (drop --source / SOURCE=)")
+    if args.source is None and args.source_pose is not None:
+        raise ValueError("--source-pose needs --source (the source person's image)")
 
 
 def generate(args: argparse.Namespace) -> list[str]:
     """Run the pipeline and write the images; returns their paths."""
+    check_source(args)
     pipe = PosePipeline.from_pretrained(args.bundle, detector="bundle" if args.detect else None)
     out = pipe(args.prompt, args.pose, negative_prompt=args.negative_prompt,
                num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                conditioning_scale=args.conditioning_scale, seed=args.seed,
-               num_images=args.num_images)
+               num_images=args.num_images, source_image=args.source,
+               source_pose=args.source_pose, source_scale=args.source_scale)
     os.makedirs(args.out, exist_ok=True)
     out.pose_image.save(os.path.join(args.out, "pose.png"))
+    if out.source_image is not None:
+        out.source_image.save(os.path.join(args.out, "source.png"))
+        people = len(out.source_pose)
+        print(f"source pose: {people} person{'' if people == 1 else 's'} "
+              f"({'given' if args.source_pose else 'read by the pose detector'})")
     paths = []
     for k, (image, seed) in enumerate(zip(out.images, out.seeds)):
         paths.append(os.path.join(args.out, f"{pipe.name}-seed{seed}.png"))
         image.save(paths[-1])
         score = f" (OKS of its detected pose: {out.oks[k]:.3f})" if out.oks is not None else ""
         print(f"{paths[-1]}{score}")
-    print(f"wrote {len(paths)} image(s) and pose.png to {args.out}")
+    files = "pose.png" if out.source_image is None else "pose.png and source.png"
+    print(f"wrote {len(paths)} image(s) and {files} to {args.out}")
     return paths
 
 
@@ -52,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--conditioning-scale", type=float, help="the method's residual multiplier "
                    "(default: the bundle's)")
     p.add_argument("--negative-prompt", help="default: the bundle's")
+    p.add_argument("--source", help="pose-transfer bundles: the source person's image (.png, "
+                   ".jpg, ...), stretched to the model's size")
+    p.add_argument("--source-pose", help="the source person's pose JSON (COCO or OpenPose, in "
+                   "the source image's pixels; default: the bundle's detector reads it)")
+    p.add_argument("--source-scale", type=float, help="the source's guidance scale (default: "
+                   "the bundle's)")
     p.add_argument("--no-detect", dest="detect", action="store_false",
                    help="do not load the bundle's pose detector (no OKS; no photos)")
     return p

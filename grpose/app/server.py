@@ -8,8 +8,15 @@ API (JSON in and out; an error is `{"error": message}` with status 400):
     POST /api/pose      `{"json": text}` (COCO / OpenPose) or `{"photo": data URL, "bundle": id}`
                         -> `{"people": (P, 17, 3) normalised}`
     POST /api/generate  `{"pose", "prompt", "bundles": [id, ...], "seed", "guidance_scale",
-                        "conditioning_scale", "steps"}` -> per bundle the image (PNG data URL),
-                        the detected pose (normalised) and its OKS against the target
+                        "conditioning_scale", "steps", "source", "source_pose",
+                        "source_scale"}` -> per bundle the image (PNG data URL), the detected
+                        pose (normalised) and its OKS against the target
+
+Pose-transfer bundles (`"transfer": true` in the listing) re-render a source person: `source`
+is its image (a PNG / JPEG data URL, like the photo upload), `source_pose` optionally its
+keypoints normalised to the source image (default: the bundle's detector reads them); the
+results then carry the source pose used. Pose bundles chosen beside them ignore the source; a
+transfer bundle without one is an error naming it.
 """
 from __future__ import annotations
 
@@ -56,9 +63,10 @@ class App:
                 continue
             found.append({"id": os.path.relpath(folder, self.runs), "name": b.name,
                           "method": b.method, "size": [b.render.height, b.render.width],
-                          "detector": b.detector is not None,
+                          "detector": b.detector is not None, "transfer": b.transfer,
                           "sampler": {"steps": b.sampler.num_inference_steps,
                                       "guidance_scale": b.sampler.guidance_scale,
+                                      "source_scale": b.sampler.source_scale,
                                       "conditioning_scale": b.sampler.conditioning_scale,
                                       "seed": b.sampler.seed}})
         return found
@@ -107,11 +115,7 @@ class App:
             pipe = self.pipeline(str(request.get("bundle", "")))
             if pipe.detector is None:
                 raise AppError(f"bundle {request.get('bundle')!r} has no pose detector")
-            try:
-                raw = base64.b64decode(str(request["photo"]).split(",", 1)[-1])
-                image = Image.open(io.BytesIO(raw)).convert("RGB")
-            except (ValueError, OSError) as err:
-                raise AppError(f"the uploaded photo is not an image ({err})") from None
+            image = decode_image(request["photo"], "the uploaded photo")
             size = (pipe.render.height, pipe.render.width)
             return normalise(detect_people(image, pipe.detector, size, "the photo"), size)
         raise AppError("a pose request needs 'json' or 'photo'")
@@ -127,20 +131,41 @@ class App:
         options = {k: _number(request.get(k), k, kind) for k, kind in (
             ("seed", int), ("guidance_scale", float), ("conditioning_scale", float))}
         options["num_inference_steps"] = _number(request.get("steps"), "steps", int)
+        source = self.read_source(request, ids)
         results = []
         with self.lock:
             for bundle_id in ids:
                 pipe = self.pipeline(bundle_id)
                 size = (pipe.render.height, pipe.render.width)
                 start = time.time()
-                out = pipe(prompt, fit_to(people, (1.0, 1.0), size), **options)
+                out = pipe(prompt, fit_to(people, (1.0, 1.0), size), **options,
+                           **(source if pipe.transfer else {}))
                 results.append({
                     "bundle": bundle_id, "name": pipe.name, "image": data_url(out.images[0]),
                     "seed": out.seeds[0], "seconds": round(time.time() - start, 2),
                     "oks": None if out.oks is None else round(out.oks[0], 4),
                     "detected": None if out.detected is None else normalise(out.detected[0],
-                                                                            size)})
+                                                                            size),
+                    "source_pose": None if out.source_pose is None else normalise(
+                        out.source_pose, size)})
         return {"results": results}
+
+    def read_source(self, request: dict, ids: list[str]) -> dict:
+        """The source person's pipeline arguments for the chosen pose-transfer bundles (an
+        error naming them when no source image came); `{}` when none is chosen."""
+        transfer = [i for i in ids if self.pipeline(i).transfer]
+        if not transfer:
+            return {}
+        if not request.get("source"):
+            raise AppError(f"{', '.join(transfer)}: pose-transfer model(s): upload a source "
+                           "image (the person to re-render in the pose)")
+        image = decode_image(request["source"], "the uploaded source image")
+        source = {"source_image": image,
+                  "source_scale": _number(request.get("source_scale"), "source_scale", float)}
+        if request.get("source_pose") is not None:  # normalised to the source image
+            people = as_people(request["source_pose"], "the source pose")
+            source["source_pose"] = fit_to(people, (1.0, 1.0), (image.height, image.width))
+        return source
 
 
 def _number(value, name: str, kind):
@@ -160,6 +185,16 @@ def normalise(people: np.ndarray, canvas: tuple) -> list:
     people[..., 0] = np.where(present, people[..., 0] / canvas[1], -1)
     people[..., 1] = np.where(present, people[..., 1] / canvas[0], -1)
     return np.round(people, 5).tolist()
+
+
+def decode_image(data: str, what: str) -> Image.Image:
+    """A base64 image upload (a data URL or bare base64; PNG, JPEG, ...) as an RGB image."""
+    try:
+        raw = base64.b64decode(str(data).split(",", 1)[-1], validate=False)
+        with Image.open(io.BytesIO(raw)) as image:
+            return image.convert("RGB")
+    except (ValueError, OSError) as err:
+        raise AppError(f"{what} is not an image ({err})") from None
 
 
 def data_url(image: Image.Image) -> str:

@@ -1,7 +1,8 @@
 """A trained model as one self-contained folder (a bundle), written and read back.
 
     bundle/
-      bundle.json          format, name, the base's parts, latent scale, render, sampler, detector
+      bundle.json          format, name, the base's parts, latent scale, render, sampler (with
+                           a pose-transfer model's guidance as a spec), detector
       method.safetensors   the method's export (`grpose.methods.save_method`): `load_method` and
       method.json          `--model.init_args.method_weights` read a bundle as they read an export
       unet.safetensors     only for methods that train the UNet (HumanSD): its whole state dict
@@ -11,10 +12,12 @@ The base's parts (`unet`, `vae`, `text_encoder`, and an optional pose `detector`
 `class_path` / `init_args` specs, as in the configs (grpose classes only); their relative file
 paths (`path`, `weights`, `checkpoint`, `config`) are read from the bundle's folder, so a bundle
 can be moved. An SD 1.5 base is a spec with an absolute path to its local diffusers folder.
+A pose-transfer bundle (its method in `TRANSFER_METHODS`: `Bundle.transfer`) is the same folder;
+its sampler records the two-condition guidance (`SamplerSettings.guidance_spec`), and its calls
+take a source image.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -27,42 +30,15 @@ from safetensors.torch import save as safetensors_bytes
 
 from grpose.data.io import state_mismatch
 from grpose.diffusion.components import noise_scheduler
-from grpose.diffusion.guidance import ClassifierFreeGuidance
 from grpose.diffusion.module import PoseDiffusionModule
 from grpose.methods.weights import FILE_SETTINGS, SPEC, load_method, read_spec, save_method
+from grpose.pipeline.settings import (RenderSettings, SamplerSettings, is_transfer,
+                                      sampler_settings, scale_names, spec_target)
 
 BUNDLE, FORMAT = "bundle.json", "grpose-bundle/1"
 TRAINED_UNET = "unet.safetensors"
 PARTS = ("unet", "vae", "text_encoder")
 PATH_ARGS = ("path", "weights", "checkpoint", "config")
-
-
-@dataclass
-class RenderSettings:
-    """How the model's pose images were rendered in training (`grpose.data.render.render_pose`)."""
-
-    style: str = "humansd"  # "humansd" or "openpose"
-    scale: float = 1.0  # line widths / joint radii x this (1 = the protocol's, for 512 px)
-    height: int = 512  # the image size the model generates
-    width: int = 512
-
-
-@dataclass
-class SamplerSettings:
-    """The sampling defaults a `PosePipeline` call starts from."""
-
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
-    pose_scale: float | None = None  # `ClassifierFreeGuidance` options
-    pose_in_unconditional: bool = True
-    negative_prompt: str = ""
-    conditioning_scale: float = 1.0
-    eta: float = 0.0
-    seed: int = 42
-
-    def guidance(self, scale: float | None = None) -> ClassifierFreeGuidance:
-        return ClassifierFreeGuidance(self.guidance_scale if scale is None else scale,
-                                      self.pose_scale, self.pose_in_unconditional)
 
 
 @dataclass
@@ -79,10 +55,10 @@ class Bundle:
     detector: dict | None = None
     trained_unet: bool = False
 
-
-def spec(target, **init_args) -> dict:
-    """A `class_path` / `init_args` spec of a grpose class or builder function."""
-    return {"class_path": f"{target.__module__}.{target.__qualname__}", "init_args": init_args}
+    @property
+    def transfer(self) -> bool:
+        """A pose-transfer bundle: its calls need a source image (`PosePipeline`)."""
+        return is_transfer(self.method)
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -106,14 +82,6 @@ def copy_into(folder: str, source: str, name: str) -> str:
     else:
         raise FileNotFoundError(f"{source}: nothing to copy into the bundle {folder}")
     return name
-
-
-def sampler_settings(module: PoseDiffusionModule) -> SamplerSettings:
-    """A model's sampling settings (steps, guidance, negative prompt, scales, seed)."""
-    hp, g = module.hparams, module.guidance
-    return SamplerSettings(hp.num_inference_steps, g.scale, g.pose_scale,
-                           g.pose_in_unconditional, hp.negative_prompt, hp.conditioning_scale,
-                           hp.eta, hp.seed)
 
 
 def write_tensors(state: dict[str, torch.Tensor], path: str) -> None:
@@ -196,6 +164,12 @@ def read_bundle(folder: str) -> Bundle:
         sampler = SamplerSettings(**_field(record, "sampler", dict, path))
     except TypeError as err:
         raise ValueError(f"{path}: render / sampler: {err}") from None
+    if sampler.guidance_spec is not None:  # built once here: a bad spec names the file
+        try:
+            guidance = sampler.guidance()
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        sampler.guidance_scale = float(getattr(guidance, scale_names(type(guidance))[0]))
     read_spec(folder)  # the method's export is there
     return Bundle(os.path.abspath(folder), str(record.get("name", os.path.basename(folder))),
                   str(_field(record, "method", str, path)), parts,
@@ -205,18 +179,12 @@ def read_bundle(folder: str) -> Bundle:
 
 def build_part(part: dict, folder: str, where: str):
     """A spec built, its relative file paths read from the bundle `folder`."""
-    module_name, _, attr = str(part["class_path"]).rpartition(".")
-    if not module_name.startswith("grpose."):
-        raise ValueError(f"{where}.class_path: {part['class_path']!r} is not a grpose class")
+    target = spec_target(part, where)
     args = dict(part.get("init_args") or {})
     for key in PATH_ARGS:
         value = args.get(key)
         if isinstance(value, str) and not os.path.isabs(value):
             args[key] = os.path.join(folder, value)
-    try:
-        target = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"{where}.class_path: {part['class_path']!r} not found ({err})") from None
     return target(**args)
 
 

@@ -1,20 +1,26 @@
 """`PosePipeline`: a prompt and a pose in, images out (diffusers style), for any method's bundle,
-through `PoseDiffusionModule.generate` (the one denoising path and sampler)."""
+through `PoseDiffusionModule.generate` (the one denoising path and sampler); a pose-transfer
+bundle also takes the source person's image (and pose)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 from PIL import Image
 
-from grpose.data.batch import PoseSample, collate_pose_samples
+from grpose.data.batch import PoseBatch, PoseSample, collate_pose_samples
+from grpose.data.pairs import PairBatch, PairSample, collate_pair_samples
 from grpose.data.render import render_pose, to_model_range
 from grpose.diffusion.module import PoseDiffusionModule
+from grpose.methods import TRANSFER_METHODS
+from grpose.methods.weights import registry_name
 from grpose.pipeline.bundle import (PARTS, Bundle, RenderSettings, SamplerSettings, build_detector,
                                     load_bundle, read_bundle, sampler_settings, save_bundle)
 from grpose.pipeline.poses import resolve_pose
+from grpose.pipeline.settings import is_transfer
+from grpose.pipeline.sources import source_person
 from grpose.pose.decode import match_people
 from grpose.pose.detector import PoseDetector
 
@@ -32,6 +38,8 @@ class PosePipelineOutput:
     detected: list[np.ndarray] | None = None  # (P_k, 17, 3) per image, with a detector
     oks: list[float] | None = None  # per image: mean OKS of the target people (0 unmatched)
     info: dict = field(default_factory=dict)
+    source_pose: np.ndarray | None = None  # (Ps, 17, 3) pose transfer: the source pose used
+    source_image: Image.Image | None = None  # pose transfer: the source as conditioned
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -110,41 +118,96 @@ class PosePipeline:
         """The model's sampling defaults."""
         return sampler_settings(self.module)
 
-    def batch(self, prompt: str, people: np.ndarray, num_images: int):
-        """The `PoseBatch` of `num_images` copies of one prompt and pose."""
+    @property
+    def transfer(self) -> bool:
+        """A pose-transfer model: each call needs the source person's image."""
+        return is_transfer(self.module.method)
+
+    def render_pose(self, people: np.ndarray) -> torch.Tensor:
+        """Keypoints `(P, 17, 3)` rendered as the model's pose condition: `(3, H, W)` in
+        [-1, 1]."""
+        return to_model_range(render_pose(people, self.render.height, self.render.width,
+                                          style=self.render.style, scale=self.render.scale))
+
+    def batch(self, prompt: str, people: np.ndarray, num_images: int,
+              source: tuple[np.ndarray, np.ndarray] | None = None) -> PoseBatch | PairBatch:
+        """The `PoseBatch` of `num_images` copies of one prompt and pose; with `source` (the
+        source image `uint8 (H, W, 3)` at the model's size and its people `(Ps, 17, 3)`), the
+        `PairBatch` of that source re-rendered in the pose (its target images are blank)."""
         h, w = self.render.height, self.render.width
-        pose = to_model_range(render_pose(people, h, w, style=self.render.style,
-                                          scale=self.render.scale))
-        samples = [PoseSample(image=torch.zeros(3, h, w), pose_image=pose,
+        pose = self.render_pose(people)  # (3, H, W)
+        targets = [PoseSample(image=torch.zeros(3, h, w), pose_image=pose,
                               keypoints=torch.from_numpy(people), caption=prompt,
                               meta={"id": f"pose-{k}"}) for k in range(num_images)]
-        return collate_pose_samples(samples)
+        if source is None:
+            return collate_pose_samples(targets)
+        rgb, source_people = source
+        image, source_pose = to_model_range(rgb), self.render_pose(source_people)
+        return collate_pair_samples([PairSample(
+            source_image=image, source_pose_image=source_pose,
+            source_keypoints=torch.from_numpy(source_people), image=t.image,
+            pose_image=t.pose_image, keypoints=t.keypoints, caption=t.caption, meta=t.meta)
+            for t in targets])
+
+    def check_source(self, source_image, source_pose) -> None:
+        """A source image for a pose-transfer model, none for a pose model: else one error."""
+        try:
+            method = registry_name(self.module.method)
+        except ValueError:  # a method built in Python, not registered
+            method = type(self.module.method).__name__
+        if self.transfer and source_image is None:
+            raise ValueError(f"{self.name}: {method} is a pose-transfer method: give a source "
+                             "image (source_image=, the person to re-render in the pose)")
+        if not self.transfer and source_image is not None:
+            raise ValueError(f"{self.name}: {method} is a pose method and takes no source image "
+                             f"(pose-transfer methods do: {', '.join(TRANSFER_METHODS)})")
+        if source_image is None and source_pose is not None:
+            raise ValueError(f"{self.name}: a source pose without a source image")
 
     @torch.no_grad()
     def __call__(self, prompt: str, pose, negative_prompt: str | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  conditioning_scale: float | None = None, seed: int | None = None,
-                 num_images: int = 1, canvas: tuple[int, int] | None = None
+                 num_images: int = 1, canvas: tuple[int, int] | None = None,
+                 source_image=None, source_pose=None, source_scale: float | None = None
                  ) -> PosePipelineOutput:
         """Images for `prompt` in `pose`: COCO-17 keypoints `(P, 17, 3)` / a list of people (on
         `canvas` (H, W), default the model's size), a COCO-style or OpenPose JSON file, or a
         photo (through the detector). Image k uses seed `seed + k` (default: the model's);
         `None` settings are the model's. With a detector, each image's detected pose and its
-        OKS against the target come back too."""
+        OKS against the target come back too.
+
+        A pose-transfer model (`transfer`) re-renders a source person in `pose` and needs
+        `source_image` (a path, a PIL image or a `uint8 (H, W, 3)` array); it is stretched to
+        the model's size as a pose canvas is (no letterbox; area averaging when shrinking,
+        bicubic when growing, as the training pairs were). `source_pose`: the source person's
+        keypoints in the source image's pixels (the forms `pose` takes: an array, or a COCO /
+        OpenPose JSON file, whose canvas is fitted to the source image); None: the detector
+        reads it from the source image. `source_scale` overrides the guidance's source scale.
+        A pose model given a source image, or a pose-transfer model given none, is an error.
+        The output carries the source pose used and the source image as conditioned."""
         if num_images < 1:
             raise ValueError(f"num_images must be at least 1, got {num_images}")
+        self.check_source(source_image, source_pose)
         size = (self.render.height, self.render.width)
         people = resolve_pose(pose, size, self.detector, canvas)  # (P, 17, 3)
-        batch = self.batch(prompt, people, num_images)
-        for name in ("image", "pose_image", "keypoints", "person_mask"):
-            setattr(batch, name, getattr(batch, name).to(self.module.device))
+        source = None if source_image is None else source_person(
+            source_image, source_pose, size, self.detector)  # (H, W, 3), (Ps, 17, 3)
+        batch = self.batch(prompt, people, num_images, source)
+        for f in fields(batch):
+            if isinstance(getattr(batch, f.name), torch.Tensor):
+                setattr(batch, f.name, getattr(batch, f.name).to(self.module.device))
         seed = self.module.hparams.seed if seed is None else int(seed)
         seeds = [seed + k for k in range(num_images)]
-        guidance = None if guidance_scale is None else self.sampler.guidance(guidance_scale)
+        guidance = None
+        if guidance_scale is not None or source_scale is not None:
+            guidance = self.sampler.guidance(guidance_scale, source_scale)
         images = self.module.generate(batch, seeds, scale=conditioning_scale,
                                       num_inference_steps=num_inference_steps,
                                       guidance=guidance, negative_prompt=negative_prompt)
         out = PosePipelineOutput(to_pil(images), people, to_pil(batch.pose_image[:1])[0], seeds)
+        if source is not None:
+            out.source_image, out.source_pose = Image.fromarray(source[0]), source[1]
         if self.detector is not None:
             found = self.detector(images.float())
             out.detected = [f["keypoints"].cpu().numpy() for f in found]
