@@ -59,14 +59,33 @@ def test_targets_score_perfectly_and_the_source_does_not(pairs, tmp_path):
     assert m["ssim_gaussian"] == pytest.approx(1) and m["ssim_uniform"] == pytest.approx(1)
     assert m["psnr"] == float("inf") and m["colour_error"] == pytest.approx(0)
     assert m["ap"] == pytest.approx(100) and np.isfinite(m["fid"])
-    assert set(res["not_computed"]) == {"lpips"} and res["num_images"] == 6
+    assert m["person_ssim"] == pytest.approx(1) and res["empty_person_masks"] == 0
+    assert set(res["not_computed"]) == {"lpips", "person_lpips"} and res["num_images"] == 6
+    groups = {pairs[i].meta["change"] for i in range(len(pairs))}
+    assert set(res["by_group"]) == {"ssim_gaussian", "ssim_uniform", "psnr", "person_ssim"}
+    split = res["by_group"]["person_ssim"]
+    assert {k for k in split if "/" not in k} == groups
+    assert sum(split[f"{g}/count"] for g in groups) == 6
     assert set(res["colour_error_per_part"]) == set(SyntheticPairs.part_names)
 
     write(pairs, tmp_path / "source", "source")
     copy = evaluate_transfer_folder(str(tmp_path / "source"), pairs, real, LookupDetector(table),
                                     fid_extractor=TinyFeatures())["metrics"]
     assert copy["ssim_gaussian"] < 0.95 and copy["colour_error"] > 5 and copy["ap"] < 50
+    assert copy["person_ssim"] < copy["ssim_gaussian"] < 0.5  # nothing is in place
     assert np.isfinite(copy["psnr"]) and copy["fid"] > 0
+
+
+def test_the_targets_background_scores_on_the_image_not_on_the_person(pairs, tmp_path):
+    """The reference row "the target's background only": full-image SSIM rewards the
+    background; inside the person it scores low."""
+    (tmp_path / "bg").mkdir()
+    for i in range(len(pairs)):
+        s = pairs[i]
+        Image.fromarray(to_uint8(s.target_background[None])[0]).save(
+            tmp_path / "bg" / f"{image_name(s.meta)}.png")
+    m = evaluate_transfer_folder(str(tmp_path / "bg"), pairs)["metrics"]
+    assert m["ssim_gaussian"] > 0.4 and m["person_ssim"] < 0.25, m
 
 
 def test_missing_images_raise_or_skip(pairs, tmp_path):
@@ -75,7 +94,7 @@ def test_missing_images_raise_or_skip(pairs, tmp_path):
         evaluate_transfer_folder(str(tmp_path / "gen"), pairs)
     res = evaluate_transfer_folder(str(tmp_path / "gen"), pairs, on_missing="skip")
     assert res["missing"] == 1 and res["num_images"] == 5
-    assert set(res["not_computed"]) == {"lpips", "fid", "ap"}
+    assert set(res["not_computed"]) == {"lpips", "person_lpips", "fid", "ap"}
     with pytest.raises(DataError, match="none of the 6 pairs' generated images"):
         evaluate_transfer_folder(str(tmp_path), pairs, on_missing="skip")
 
@@ -95,7 +114,8 @@ def test_main_writes_results(pairs, tmp_path, capsys):
     saved = json.loads((out / "results.json").read_text())
     assert saved["metrics"]["ssim_gaussian"] < 1 and "lpips" not in saved["metrics"]
     md = (out / "results.md").read_text()
-    assert "| method | ssim_gaussian | ssim_uniform | psnr | colour_error |" in md
+    assert "| method | ssim_gaussian | ssim_uniform | psnr | person_ssim | colour_error |" in md
+    assert "| group | ssim_gaussian | ssim_uniform | psnr | person_ssim |" in md
     assert "| method | hair | face | torso | panel | hips | left_sleeve |" in md
     assert "lpips: not computed (no lpips_weights" in capsys.readouterr().out
 
@@ -161,6 +181,7 @@ def test_deepfashion_folder_resized_and_training_images_counted_once(tmp_path):
     res = evaluate_transfer_folder(str(gen), test, train, fid_extractor=TinyFeatures())
     assert res["num_images"] == 2 and 0.5 < res["metrics"]["ssim_gaussian"] < 1
     assert "colour_error" in res["not_computed"] and np.isfinite(res["metrics"]["fid"])
+    assert "person_ssim" in res["not_computed"] and res["by_group"] == {}
     ids = [i for _, batch_ids in _real_images(train, None, 2) for i in batch_ids]
     assert ids == [0, 0, 1]  # two pairs' target is train/b.jpg
     one = DeepFashionPairs(str(tmp_path), split="test")  # targets: b.jpg twice

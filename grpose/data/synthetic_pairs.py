@@ -60,7 +60,8 @@ def sample_identity(rng: np.random.Generator, resolution: int) -> dict:
     hairs = HAIR[np.linalg.norm(HAIR - skin, axis=1) > 70]  # hair set off from the face
     hair = _jittered(rng, hairs[rng.integers(len(hairs))], 6)
     names = [n for n, c in COLORS.items()
-             if min(np.linalg.norm(np.subtract(c, skin)), np.linalg.norm(np.subtract(c, hair))) > 70]
+             if min(np.linalg.norm(np.subtract(c, skin)), np.linalg.norm(np.subtract(c, hair)))
+             > 70]
     chosen = rng.choice(names, len(CLOTHES), replace=False)
     ident = {name: _jittered(rng, COLORS[c], 8) for name, c in zip(CLOTHES, chosen)}
     height = rng.uniform(*HEIGHT_RANGE)

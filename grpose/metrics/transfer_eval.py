@@ -1,6 +1,7 @@
 """Score a folder of pose-transfer results against a paired dataset: SSIM (both variants), PSNR,
 LPIPS, FID against the training images, pose AP of the generated images and, where the data
-knows its body parts (`SyntheticPairs`), the colour error per part."""
+knows its body parts (`SyntheticPairs`), the colour error per part and SSIM / LPIPS inside the
+target's person; per-image results split by a meta field (the pairs' pose `change`)."""
 from __future__ import annotations
 
 import logging
@@ -15,12 +16,13 @@ from grpose.metrics.evaluate import generated_images, write_results
 from grpose.metrics.image_quality import ImageQuality, InceptionV3Features
 from grpose.metrics.report import image_name, markdown_table
 from grpose.metrics.suite import GenerationMetrics, to_unit
-from grpose.metrics.transfer import LPIPS, PSNR, SSIM, SSIM_VARIANTS, PartColourError
+from grpose.metrics.transfer import (LPIPS, PSNR, SSIM, SSIM_VARIANTS, PartColourError,
+                                     PersonSSIM, split_means)
 from grpose.pose.detector import PoseDetector
 
 log = logging.getLogger(__name__)
-TRANSFER_COLUMNS = ["ssim_gaussian", "ssim_uniform", "psnr", "lpips", "fid", "ap", "cap", "pce",
-                    "colour_error"]
+TRANSFER_COLUMNS = ["ssim_gaussian", "ssim_uniform", "psnr", "lpips", "person_ssim",
+                    "person_lpips", "fid", "ap", "cap", "pce", "colour_error"]
 """Result keys in table order."""
 
 
@@ -44,16 +46,24 @@ def evaluate_transfer_folder(images: str, data: Dataset, real_data: Dataset | No
                              fid_extractor: nn.Module | None = None,
                              inception_weights: str | None = None,
                              lpips_weights: str | None = None, batch_size: int = 16,
-                             real_limit: int | None = None, on_missing: str = "raise") -> dict:
+                             real_limit: int | None = None, on_missing: str = "raise",
+                             split_by: str | None = "change") -> dict:
     """Metrics of the generated images in `images` (named `<id>.png`, resized to the target's
     size if they differ) for the pairs of `data`.
 
     FID needs `real_data` (the training split: FID is against the *training* images) and a
     feature extractor (`fid_extractor`, or Inception-v3 from `inception_weights`); LPIPS needs
     `lpips_weights` (a local AlexNet); pose AP needs `detector`; the colour error needs part
-    masks in the data. What cannot be computed is absent from `metrics` and named, with the
-    reason, in `not_computed`. Returns `{"metrics", "colour_error_per_part", "not_computed",
-    "num_images", "missing"}`.
+    masks in the data, and so do the person metrics: `person_ssim` (SSIM_256 averaged over the
+    target's person pixels, `PersonSSIM`) and `person_lpips` (LPIPS inside them, with
+    `lpips_weights`); the full-image ones stay for DeepFashion-style reporting. What cannot be
+    computed is absent from `metrics` and named, with the reason, in `not_computed`.
+    `split_by` names a meta field (the synthetic pairs' pose `change`: "flip", "large",
+    "small") whose groups split the per-image metrics: `by_group[metric]` is `split_means`'s
+    `{group: mean, "<group>/count": n}`, empty when the data has no such field.
+
+    Returns `{"metrics", "colour_error_per_part", "by_group", "empty_person_masks",
+    "not_computed", "num_images", "missing"}`.
     """
     if on_missing not in ("raise", "skip"):
         raise ValueError(f"on_missing must be 'raise' or 'skip', got {on_missing!r}")
@@ -71,7 +81,10 @@ def evaluate_transfer_folder(images: str, data: Dataset, real_data: Dataset | No
         not_computed["ap"] = "no detector"
     part_names = getattr(data, "part_names", None)
     if part_names is None:
-        not_computed["colour_error"] = "the data has no body-part masks"
+        for name in ("colour_error", "person_ssim", "person_lpips"):
+            not_computed[name] = "the data has no body-part masks"
+    elif not lpips_weights:
+        not_computed["person_lpips"] = not_computed["lpips"]
     side = min(data[0].image.shape[-2:]) if len(data) else 0
     for name, options in SSIM_VARIANTS.items():
         if side < options["win_size"]:
@@ -81,12 +94,19 @@ def evaluate_transfer_folder(images: str, data: Dataset, real_data: Dataset | No
     metrics["psnr"] = PSNR()
     if lpips_weights:
         metrics["lpips"] = LPIPS(backbone_weights=lpips_weights)
+    person = {}  # name -> metric taking the target's person mask
+    if part_names is not None:
+        person["person_ssim"] = PersonSSIM()
+        if lpips_weights:
+            person["person_lpips"] = LPIPS(net=metrics["lpips"].net)
     colour = PartColourError(part_names) if part_names is not None else None
     pose = GenerationMetrics(detector) if detector is not None else None
     quality = (ImageQuality(fid_extractor, kid_subset_size=2)
                if "fid" not in not_computed else None)
 
     found, missing = generated_images(images, data, on_missing)
+    groups = {}  # image id -> group
+
     if not found:
         raise DataError(images, f"none of the {len(data)} pairs' generated images is here "
                         f"(named <id>.png, e.g. {image_name(data[0].meta) if len(data) else '?'}"
@@ -99,13 +119,25 @@ def evaluate_transfer_folder(images: str, data: Dataset, real_data: Dataset | No
         fake, real = to_unit(generated), to_unit(batch.image)
         for metric in metrics.values():
             metric.update(fake, real, ids=ids)
+        if person:
+            mask = batch.target_parts.any(1)  # (B, H, W) the target's person
+            person["person_ssim"].update(fake, real, mask, ids=ids)
+            if "person_lpips" in person:
+                person["person_lpips"].update(fake, real, ids=ids, mask=mask)
+        if split_by is not None:
+            groups.update({i: str(m[split_by]) for i, m in zip(ids, batch.meta) if split_by in m})
         if colour is not None:
             colour.update(fake, real, batch.target_parts, ids=ids)
         if pose is not None:
             pose.update(generated, batch.target_batch())
         if quality is not None:
             quality.update(fake, real=False, ids=ids)
-    out = {name: float(m.compute()) for name, m in metrics.items()}
+    out = {name: float(m.compute()) for name, m in {**metrics, **person}.items()}
+    by_group = {}
+    if groups and len(groups) == len(found):
+        by_group = {name: split_means(m.per_image(), groups)
+                    for name, m in {**metrics, **person}.items()}
+    empty = person["person_ssim"].num_skipped() if person else 0
     per_part = {}
     if colour is not None:
         c = {k: float(v) for k, v in colour.compute().items()}
@@ -123,17 +155,27 @@ def evaluate_transfer_folder(images: str, data: Dataset, real_data: Dataset | No
                                    f"{len(found)} generated")
         else:
             out["fid"] = float(quality.compute()["fid"])
-    return {"metrics": out, "colour_error_per_part": per_part, "not_computed": not_computed,
-            "num_images": len(found), "missing": missing}
+    return {"metrics": out, "colour_error_per_part": per_part, "by_group": by_group,
+            "empty_person_masks": empty, "not_computed": not_computed, "num_images": len(found),
+            "missing": missing}
 
 
 def transfer_table(results: dict, name: str = "generated") -> str:
-    """The metrics as a one-row markdown table, then the colour error per part if any."""
+    """The metrics as a one-row markdown table, then the colour error per part if any, then the
+    metrics per group (rows) if split."""
     cols = [c for c in TRANSFER_COLUMNS if c in results["metrics"]]
     text = markdown_table({name: results["metrics"]}, columns=cols)
     if results["colour_error_per_part"]:
         text += "\n" + markdown_table({name: results["colour_error_per_part"]}, digits=1,
                                       columns=list(results["colour_error_per_part"]))
+    by_group = results.get("by_group") or {}
+    if by_group:
+        names = [k for k in next(iter(by_group.values())) if not k.endswith("/count")]
+        first = next(iter(by_group.values()))
+        rows = {f"{g} ({int(first[g + '/count'])})": {m: v[g] for m, v in by_group.items()}
+                for g in names}
+        text += "\n" + markdown_table(rows, first="group", columns=[
+            c for c in TRANSFER_COLUMNS if c in by_group])
     return text
 
 
