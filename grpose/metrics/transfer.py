@@ -211,6 +211,21 @@ class LPIPS(PerImageMean):
         self._add(d.reshape(len(preds)), ids)
 
 
+def part_colour_errors(preds: Tensor, target: Tensor, parts: Tensor,
+                       min_pixels: int = 4) -> Tensor:
+    """`(N, K)` distance between the mean RGB colours of `preds` and `target` (`(N, 3, H, W)` in
+    [0, 1]) over each part's mask (`parts`: bool `(N, K, H, W)`), in 0-255 levels; NaN where a
+    part has fewer than `min_pixels` pixels."""
+    m = parts.double()  # (N, K, H, W)
+    count = m.sum(dim=(2, 3))  # (N, K)
+
+    def mean_colour(img: Tensor) -> Tensor:  # (N, K, 3)
+        return torch.einsum("nkhw,nchw->nkc", m, img.double()) / count.clamp(min=1)[..., None]
+
+    err = (mean_colour(preds) - mean_colour(target)).norm(dim=-1) * 255  # (N, K)
+    return torch.where(count >= min_pixels, err, torch.nan)
+
+
 class PartColourError(PerImageMean):
     """Colour error per body part: for each part visible in the target (at least `min_pixels`
     pixels of its mask), the distance between the mean RGB colour of the generated image and of
@@ -231,14 +246,7 @@ class PartColourError(PerImageMean):
         if parts.shape != (n, k, *preds.shape[-2:]):
             raise ValueError(f"PartColourError: parts must be (N, K={k}, H, W) = "
                              f"{(n, k, *preds.shape[-2:])}, got {tuple(parts.shape)}")
-        m = parts.double()  # (N, K, H, W)
-        count = m.sum(dim=(2, 3))  # (N, K)
-
-        def mean_colour(img: Tensor) -> Tensor:  # (N, K, 3)
-            return torch.einsum("nkhw,nchw->nkc", m, img.double()) / count.clamp(min=1)[..., None]
-
-        err = (mean_colour(preds) - mean_colour(target)).norm(dim=-1) * 255  # (N, K)
-        self._add(torch.where(count >= self.min_pixels, err, torch.nan), ids)
+        self._add(part_colour_errors(preds, target, parts, self.min_pixels), ids)
 
     def compute(self) -> dict[str, Tensor]:
         per_part = self._unique().nanmean(0)  # (K,) NaN where a part was never visible
