@@ -18,8 +18,7 @@ from PIL import Image
 from grpose.app.server import serve
 from grpose.data.synthetic_pairs import SyntheticPairs
 from test_app import POSE
-from tiny_bundles import (RENDER, detector_spec, tiny_module, tiny_transfer_module,
-                          write_tiny_bundle)
+from tiny_bundles import detector_spec, tiny_module, tiny_transfer_module, write_tiny_bundle
 
 TRANSFER, POSE_ID = "demo/bundles/source_unaligned-s0", "demo/bundles/no_pose-s0"
 
