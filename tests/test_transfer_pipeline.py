@@ -224,3 +224,19 @@ def test_generate_tool_takes_a_source_and_refuses_a_misplaced_one(tmp_path, tiny
         assert err.value.code == 1
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_any_guidance_class_is_stored_as_a_spec_and_rebuilt_with_a_calls_scales():
+    from grpose.diffusion.guidance import DisentangledGuidance, InstructPix2PixGuidance
+    from grpose.pipeline import SamplerSettings
+    from grpose.pipeline.settings import guidance_spec
+    for guidance, first in ((DisentangledGuidance(2.0, 3.0), "pose_scale"),
+                            (InstructPix2PixGuidance(2.5, 3.0), "scale")):
+        recorded = json.loads(json.dumps(guidance_spec(guidance)))  # as bundle.json holds it
+        settings = SamplerSettings(guidance_spec=recorded)
+        assert vars(settings.guidance()) == vars(guidance) and settings.source_scale == 3.0
+        rebuilt = settings.guidance(5.0, 0.5)
+        assert type(rebuilt) is type(guidance)
+        assert (getattr(rebuilt, first), rebuilt.source_scale) == (5.0, 0.5)
+    with pytest.raises(ValueError, match="ClassifierFreeGuidance\\) has none"):
+        SamplerSettings().guidance(source_scale=2.0)
