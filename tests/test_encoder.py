@@ -10,7 +10,8 @@ import torch
 
 from grpose.diffusion.components import ddim_scheduler, tiny_unet
 from grpose.diffusion.denoiser import predict_eps
-from grpose.diffusion.guidance import ClassifierFreeGuidance, StepHook
+from grpose.diffusion.guidance import (ClassifierFreeGuidance, DisentangledGuidance,
+                                      InstructPix2PixGuidance, StepHook)
 from grpose.diffusion.sampling import sample_latents
 from grpose.methods import ControlNet, NoPose, PoseMethod, UNetConditioning
 from grpose.methods.film import FiLM, modulate
@@ -130,6 +131,62 @@ def test_guidance_branches():
     separate = ClassifierFreeGuidance(5.0, pose_scale=2.0)
     e0, e1, e2 = torch.zeros(1), torch.ones(1), torch.full((1,), 3.0)
     assert separate.combine([e0, e1, e2]).item() == 5.0 * 1 + 2.0 * 2
+
+
+def parts(guidance) -> list[tuple[bool, bool, bool]]:
+    return [(b.text, b.pose, b.source) for b in guidance.branches()]
+
+
+def test_source_guidance_forms_branch_sets():
+    """(text, pose, source) of each branch: InstructPix2Pix's middle branch has the source alone;
+    PIDM's has the pose (with the prompt) alone and the source alone."""
+    assert parts(InstructPix2PixGuidance(3.0, 1.5)) == [
+        (False, False, False), (False, False, True), (True, True, True)]
+    assert parts(InstructPix2PixGuidance(2.0, 2.0)) == [(False, False, False), (True, True, True)]
+    assert parts(InstructPix2PixGuidance(1.0, 1.0)) == [(True, True, True)]
+    assert parts(DisentangledGuidance(2.0, 1.5)) == [
+        (False, False, False), (True, True, False), (False, False, True)]
+    assert all(b.source for b in ClassifierFreeGuidance(5.0, pose_scale=2.0).branches())
+    with pytest.raises(ValueError, match="InstructPix2PixGuidance.*DisentangledGuidance"):
+        ClassifierFreeGuidance(2.0, source_scale=2.0)
+
+
+def test_source_guidance_forms_combine_by_their_formulas():
+    e0, e1, e2 = torch.randn(3, 2, 4, 5, 5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(InstructPix2PixGuidance(3.0, 1.5).combine([e0, e1, e2]),
+                               e0 + 1.5 * (e1 - e0) + 3.0 * (e2 - e1))
+    # equal scales: the middle branch cancels, whatever it is
+    torch.testing.assert_close(InstructPix2PixGuidance(2.0, 2.0).combine([e0, e2]),
+                               e0 + 2.0 * (e1 - e0) + 2.0 * (e2 - e1))
+    assert torch.equal(InstructPix2PixGuidance(1.0, 1.0).combine([e2]), e2)
+    torch.testing.assert_close(DisentangledGuidance(2.5, 1.5).combine([e0, e1, e2]),
+                               e0 + 2.5 * (e1 - e0) + 1.5 * (e2 - e0))
+
+
+@pytest.mark.parametrize("guidance, calls", [
+    (InstructPix2PixGuidance(2.0, 2.0), [(False, False, False), (True, True, True)]),
+    (InstructPix2PixGuidance(3.0, 1.5),
+     [(False, False, False), (False, False, True), (True, True, True)]),
+    (DisentangledGuidance(2.0, 2.0),
+     [(False, False, False), (True, True, False), (False, False, True)])])
+def test_the_sampler_runs_each_branch_once_per_step(inputs, guidance, calls):
+    """What the denoiser sees per step: one batch of the branches, each with its own text
+    states, pose switch and source switch (equal IP2P scales: 2 branches, not 3)."""
+    noisy, text, cond = inputs
+    cond = cond.with_source(torch.zeros(3, 4, 16, 16), cond.keypoints)
+    negative = torch.zeros_like(text)
+    seen = []
+
+    def eps_fn(x, t, states, c):
+        n = len(calls)
+        assert x.shape[0] == n * 3
+        chunks = zip(states.chunk(n), c.active.chunk(n), c.source_active.chunk(n))
+        seen.append([(bool(torch.equal(s, text)), bool(a.all()), bool(src.all()))
+                     for s, a, src in chunks])
+        assert all(bool(a.any()) == bool(a.all()) for a in c.active.chunk(n))
+        return x * 0.1
+    sample_latents(eps_fn, ddim_scheduler(), text, negative, cond, noisy, guidance, num_steps=3)
+    assert seen == [calls] * 3
 
 
 class NudgeTowardsZero(StepHook):

@@ -6,10 +6,12 @@ same frozen tiny UNet, interleaved so that machine noise hits all alike.
 
 Step: `prepare` + the one denoising path + pose-weighted loss + backward + AdamW step, from
 random latents, text states and source latents, with real synthetic poses. Sampling: one DDIM
-run (`sample_latents`) with the source / pose guidance of the comparison (3 branches), the
-method's `prepare` once per run; `reposedm+guidance` adds RePoseDM's gradient guidance (random
-init pose network and field: the cost does not depend on their weights) on the first 60 % of
-the steps, decoding x0_hat with a tiny VAE. Prints the median times and the ratio to pose_only.
+run (`sample_latents`) with PIDM's disentangled guidance over pose and source (3 branches,
+configs/data/deepfashion_transfer.yaml's), the method's `prepare` once per run. RePoseDM's
+step includes its flow supervision (`FlowSupervision`, its configs' extra loss);
+`reposedm+guidance` adds RePoseDM's gradient guidance (random init pose network and field: the
+cost does not depend on their weights) on the first 60 % of the steps, decoding x0_hat with a
+tiny VAE. Prints the median times and the ratio to pose_only.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -28,8 +31,8 @@ sys.path.insert(0, ROOT)
 from grpose.data import PoseCondition, SyntheticPoseDataset, collate_pose_samples  # noqa: E402
 from grpose.diffusion.components import ddim_scheduler, tiny_unet, tiny_vae  # noqa: E402
 from grpose.diffusion.denoiser import predict_eps  # noqa: E402
-from grpose.diffusion.guidance import ClassifierFreeGuidance  # noqa: E402
-from grpose.diffusion.losses import pose_weighted_mse  # noqa: E402
+from grpose.diffusion.guidance import DisentangledGuidance  # noqa: E402
+from grpose.diffusion.losses import FlowSupervision, pose_weighted_mse  # noqa: E402
 from grpose.diffusion.reposedm import RePoseDMGuidance  # noqa: E402
 from grpose.diffusion.sampling import sample_latents  # noqa: E402
 from grpose.methods import TRANSFER_METHODS, method_from_config  # noqa: E402
@@ -60,7 +63,8 @@ def bench(names: list[str], batch: int, rounds: int, sample_steps: int) -> dict:
         m.attach(unet)
         methods[name] = m
         optims[name] = torch.optim.AdamW(m.parameters(), lr=1e-4)
-    guidance = ClassifierFreeGuidance(2.0, source_scale=2.0)
+    guidance = DisentangledGuidance(2.0, 2.0)
+    flow_loss = FlowSupervision()
     hook = RePoseDMGuidance(stop=0.6, pose_network=PoseNetwork(), field=PoseField())
     t = torch.full((batch,), 500)
 
@@ -68,6 +72,8 @@ def bench(names: list[str], batch: int, rounds: int, sample_steps: int) -> dict:
         m = methods[name]
         eps = predict_eps(unet, m, latents, t, text, cond)
         loss = pose_weighted_mse(eps, latents, cond.fine_mask, 5.0)
+        if name == "reposedm":
+            loss = loss + flow_loss(SimpleNamespace(method=m, cond=cond))[0]
         optims[name].zero_grad()
         loss.backward()
         optims[name].step()
@@ -124,7 +130,7 @@ def main(argv=None) -> dict:
         print(json.dumps(result, indent=1))
         return result
     print(f"batch {args.batch}, {args.rounds} interleaved rounds, {args.sample_steps} DDIM steps "
-          f"(3 guidance branches), {result['threads']} threads; medians")
+          f"(disentangled guidance, 3 branches), {result['threads']} threads; medians")
     print("| method | parameters | step (s) | step / pose_only | sampling (s) | "
           "sampling / pose_only |\n|---|---|---|---|---|---|")
     for row, r in result["rows"].items():

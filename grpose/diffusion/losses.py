@@ -10,7 +10,9 @@ from torch import nn
 
 from grpose.data.batch import PoseBatch
 from grpose.data.condition import PoseCondition
+from grpose.methods.base import PoseMethod
 from grpose.methods.kb_dmgen.masking import dynamic_pose_mask
+from grpose.methods.transfer.alignment import warp
 from grpose.pose.decode import encode_targets
 from grpose.pose.detector import load_pose_checkpoint
 
@@ -31,6 +33,7 @@ class DiffusionStep:
     latent_scale: float
     # eps of the same x_t, t and text under another condition, through the one denoising path
     denoise: Callable[[PoseCondition], torch.Tensor] | None = None
+    method: PoseMethod | None = None  # the method that conditioned eps_pred (terms may ask it)
 
     def predicted_x0(self) -> torch.Tensor:
         """x0_hat = (x_t - sqrt(1 - a_t) eps_hat) / sqrt(a_t), differentiable in eps_hat."""
@@ -184,3 +187,59 @@ class PosePerceptionLoss(LossTerm):
         a = step.alphas_cumprod[t[keep]].float()
         loss = (a * per_item).sum() / len(t)
         return loss, {"perception": loss.detach()}
+
+
+def flow_cells(flow: torch.Tensor) -> torch.Tensor:
+    """|flow| `(B, 1, h, w)` in grid cells, from normalised units (`(B, 2, h, w)`)."""
+    h, w = flow.shape[-2:]
+    return (flow * flow.new_tensor([w / 2, h / 2]).view(1, 2, 1, 1)).norm(dim=1, keepdim=True)
+
+
+class FlowSupervision(LossTerm):
+    """Supervision of an aligning method's flow (ours; RePoseDM's paper trains with the
+    diffusion loss alone): the source's joint maps, warped by each refinement step's flow,
+    against the target's joint maps,
+
+        L = sum_k gamma^(K - 1 - k) * MSE(warp(source maps, flow_k), target maps)
+
+    over the latent grid, the joints present in both poses, the items whose source and pose are
+    both on (RAFT's sequence loss: later steps weigh more). The method must expose
+    `flows(cond)` (`RePoseDM`). Logged: `flow/joint_error` (L), `flow/mean_abs` (mean |final
+    flow| in latent cells over the target person's coverage) and `flow/keypoint_displacement`
+    (the same for the keypoint flow it starts from).
+
+    Args:
+        weight: weight in the total loss.
+        gamma: per-step decay of the weights (RAFT: 0.8).
+    """
+
+    def __init__(self, weight: float = 1.0, gamma: float = 0.8):
+        super().__init__(weight)
+        if not 0 < gamma <= 1:
+            raise ValueError(f"FlowSupervision: gamma must be in (0, 1], got {gamma}")
+        self.gamma = gamma
+
+    def forward(self, step: DiffusionStep) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        flows = getattr(step.method, "flows", None)
+        if not callable(flows):
+            raise ValueError(f"FlowSupervision needs a method with flows(cond) (RePoseDM); "
+                             f"{type(step.method).__name__} has none: remove it from "
+                             "model.init_args.losses")
+        if not step.cond.has_source:
+            raise ValueError("FlowSupervision needs a pose-transfer batch (a source person)")
+        a = flows(step.cond)
+        on = step.cond.active & step.cond.source_active  # (B,)
+        joints = (a.joints & on[:, None]).to(a.source_maps.dtype)[..., None, None]  # (B,17,1,1)
+        count = joints.sum() * a.source_maps.shape[-2] * a.source_maps.shape[-1]
+        k = len(a.flows)
+        loss = sum(self.gamma ** (k - 1 - i) * (((warp(a.source_maps, f) - a.target_maps) ** 2)
+                                                 * joints).sum()
+                   for i, f in enumerate(a.flows)) / count.clamp_min(1)
+        with torch.no_grad():
+            cover = a.coverage * on.view(-1, 1, 1, 1).to(a.coverage.dtype)  # (B, 1, h, w)
+            total = cover.sum().clamp_min(1e-6)
+            logs = {"flow/joint_error": loss.detach(),
+                    "flow/mean_abs": (flow_cells(a.flows[-1]) * cover).sum() / total,
+                    "flow/keypoint_displacement": (flow_cells(a.keypoint_flow) * cover).sum()
+                    / total}
+        return loss, logs

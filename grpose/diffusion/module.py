@@ -20,7 +20,7 @@ from grpose.diffusion.components import SD15_LATENT_SCALE, ddim_scheduler, vae_d
 from grpose.diffusion.denoiser import predict_eps
 from grpose.diffusion.draws import (check_timestep_sampling, sampling_seeds,
                                    timesteps_from_uniform, training_draws)
-from grpose.diffusion.guidance import ClassifierFreeGuidance, StepHook
+from grpose.diffusion.guidance import ClassifierFreeGuidance, Guidance, StepHook
 from grpose.diffusion.losses import DiffusionStep, LossTerm, PoseWeightedMSE
 from grpose.diffusion.optim import adamw_with_schedule, check_schedule
 from grpose.diffusion.sampling import NEGATIVE_PROMPT, initial_latents, sample_latents
@@ -54,7 +54,8 @@ class PoseDiffusionModule(L.LightningModule):
         negative_prompt: the unconditional branch's prompt.
         eta: DDIM's eta (0: deterministic).
         seed: the sampling seed (each image's noise comes from it and the item id).
-        guidance: the CFG branches and scales (default `ClassifierFreeGuidance(7.5)`).
+        guidance: the CFG branches and scales (default `ClassifierFreeGuidance(7.5)`; pose
+            transfer: `InstructPix2PixGuidance` or `DisentangledGuidance`, over the source too).
         sampling_hooks: per-step hooks of the sampler (`StepHook`, e.g. gradient guidance).
         conditioning_scale: multiplier of the method's conditioning at inference.
         val_metrics: metrics of generated validation images (`GenerationMetrics`: AP, CAP, PCE,
@@ -79,7 +80,7 @@ class PoseDiffusionModule(L.LightningModule):
         pose_dropout: the fraction of training items whose pose is switched off (drawn per
             item), so that the sampler can guide over it.
         source_dropout: the same for the source person of pose-transfer batches, drawn
-            independently of the pose (`ClassifierFreeGuidance.source_scale`).
+            independently of the pose (for the guidance over the source).
 
     Pose-transfer batches (`grpose.data.pairs.PairBatch`) give the condition a source person
     (`PoseCondition.with_source`); everything else reads their target side.
@@ -95,7 +96,7 @@ class PoseDiffusionModule(L.LightningModule):
                  losses: list[LossTerm] | None = None,
                  lr: float = 1e-5, weight_decay: float = 1e-2,
                  trainable: list[str] | None = None, latent_scale: float = SD15_LATENT_SCALE,
-                 num_inference_steps: int = 50, guidance: ClassifierFreeGuidance | None = None,
+                 num_inference_steps: int = 50, guidance: Guidance | None = None,
                  sampling_hooks: list[StepHook] | None = None, conditioning_scale: float = 1.0,
                  negative_prompt: str = NEGATIVE_PROMPT, eta: float = 0.0, seed: int = 42,
                  val_metrics: nn.Module | None = None, val_metric_batches: int = 1,
@@ -152,7 +153,7 @@ class PoseDiffusionModule(L.LightningModule):
             self.save_hyperparameters(logger=False, frame=inspect.currentframe().f_back)
         for key, value in list(self.hparams.items()):
             values = value if isinstance(value, (list, tuple)) else [value]
-            if any(isinstance(v, (nn.Module, SchedulerMixin, ClassifierFreeGuidance, StepHook))
+            if any(isinstance(v, (nn.Module, SchedulerMixin, Guidance, StepHook))
                    for v in values):
                 del self.hparams[key]
 
@@ -306,7 +307,7 @@ class PoseDiffusionModule(L.LightningModule):
         eps_pred = self.predict_eps(noisy, t, text, cond)
         step = DiffusionStep(batch, cond, latents, noise, noisy, t, eps_pred, self.alphas_cumprod,
                              self.vae, self.hparams.latent_scale,
-                             lambda c: self.predict_eps(noisy, t, text, c))
+                             lambda c: self.predict_eps(noisy, t, text, c), self.method)
         values, logs = {}, {}
         for name, term in self.loss_terms():
             value, term_logs = term(step)
@@ -330,6 +331,8 @@ class PoseDiffusionModule(L.LightningModule):
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=len(batch))
+        self.log_dict({f"train/method/{k}": v for k, v in self.method.training_logs().items()},
+                      batch_size=len(batch))
         self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=len(batch))
         return loss
 
@@ -378,7 +381,7 @@ class PoseDiffusionModule(L.LightningModule):
     def generate(self, batch: PoseBatch, seeds: list[int] | None = None,
                  scale: float | None = None, progress: bool = False,
                  num_inference_steps: int | None = None,
-                 guidance: ClassifierFreeGuidance | None = None,
+                 guidance: Guidance | None = None,
                  negative_prompt: str | None = None) -> torch.Tensor:
         """Images `(B, 3, H, W)` in [-1, 1] for the batch's poses and captions (DDIM + CFG);
         `scale`, `num_inference_steps`, `guidance` and `negative_prompt` override this call's

@@ -9,7 +9,7 @@ from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
 from grpose.data.condition import PoseCondition
-from grpose.diffusion.guidance import Branch, ClassifierFreeGuidance, SamplingStep, StepHook
+from grpose.diffusion.guidance import Branch, Guidance, SamplingStep, StepHook
 
 NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, "
                    "fewer digits, cropped, worst quality, low quality")
@@ -30,21 +30,24 @@ def branch_condition(cond: PoseCondition, branch: Branch) -> PoseCondition:
     if cond.has_source and not branch.source:
         cond = cond.with_source_active(False)
     elif branch.source is False and not cond.has_source:
-        raise ValueError("source guidance (ClassifierFreeGuidance.source_scale) needs a "
-                         "condition with a source (a pose-transfer batch)")
+        raise ValueError("guidance over the source person (InstructPix2PixGuidance, "
+                         "DisentangledGuidance) needs a condition with a source (a pose-transfer "
+                         "batch)")
     return cond
 
 
 def sample_latents(eps_fn: EpsFn, scheduler: DDIMScheduler, text_states: torch.Tensor,
                    negative_states: torch.Tensor, cond: PoseCondition, latents: torch.Tensor,
-                   guidance: ClassifierFreeGuidance, num_steps: int = 50, eta: float = 0.0,
+                   guidance: Guidance, num_steps: int = 50, eta: float = 0.0,
                    hooks: Sequence[StepHook] = (), prepare: Callable | None = None,
                    progress: bool = False, decode: Callable | None = None) -> torch.Tensor:
     """Run DDIM from `latents (B, 4, h, w)`; returns the final latents.
 
     `eps_fn(x_t, t, text_states, cond)` is the denoiser (`predict_eps` bound to a UNet and a
-    method); `guidance` builds one batch of all its branches per step; each hook may then
-    change the guided eps (hooks see `cond` and `decode`: latents -> images, for the VAE).
+    method); `guidance` (`ClassifierFreeGuidance`, `InstructPix2PixGuidance`,
+    `DisentangledGuidance`: any `Guidance`) builds one batch of all its branches per step; each
+    hook may then change the guided eps (hooks see `cond` and `decode`: latents -> images, for
+    the VAE).
     `prepare` (the method's) runs once, on all branches' condition.
     """
     scheduler = copy.deepcopy(scheduler)  # set_timesteps mutates it

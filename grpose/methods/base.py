@@ -38,8 +38,8 @@ class UNetConditioning:
     reference: dict[str, Reference] | None = None
 
     def map(self, fn, extra_channels: bool = True) -> UNetConditioning:
-        """`fn` applied to every tensor (to both FiLM terms, to reference gates, not their
-        tokens); `extra_channels=False` leaves those as they are."""
+        """`fn` applied to every tensor (to both FiLM terms, to references' per-item scales, not
+        their tokens); `extra_channels=False` leaves those as they are."""
         def each(xs):
             return None if xs is None else [fn(x) for x in xs]
         return UNetConditioning(
@@ -99,6 +99,12 @@ class PoseMethod(nn.Module):
     def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor,
                 text_states: torch.Tensor, cond: PoseCondition) -> UNetConditioning:
         raise NotImplementedError
+
+    def training_logs(self) -> dict[str, torch.Tensor]:
+        """Scalars about the method itself (e.g. how far its zero-initialised parts opened),
+        logged by the diffusion module as `train/method/<key>` each training step. Default:
+        none."""
+        return {}
 
 
 class NoPose(PoseMethod):

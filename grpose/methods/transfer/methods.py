@@ -3,11 +3,15 @@ added where they are), `RePoseDM` (our reconstruction of RePoseDM's recurrent po
 and `ReferenceAttention` (source tokens joined to the UNet's self-attention)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from grpose.data.condition import PoseCondition
-from grpose.methods.reference import Reference
+from grpose.data.limb_warp import limb_flow
+from grpose.methods.base import zero_module
+from grpose.methods.reference import Reference, check_layer
 from grpose.methods.transfer.alignment import RecurrentAlignment, warp
 from grpose.methods.transfer.common import NUM_HEATMAPS, LevelEncoder, PoseOnly, keypoint_heatmaps
 
@@ -46,41 +50,81 @@ class SourceUnaligned(PoseOnly):
         return [gate(f, cond.source_active) for f in features]
 
 
+@dataclass
+class Alignment:
+    """What RePoseDM's alignment computes from one condition (`RePoseDM.flows`)."""
+
+    features: list[torch.Tensor]  # per level (B, C_l, h_l, w_l), the source's, not yet warped
+    flows: list[torch.Tensor]  # every refinement step's flow (B, 2, h, w), the last one used
+    keypoint_flow: torch.Tensor  # (B, 2, h, w) the start: `limb_flow` of the two poses
+    coverage: torch.Tensor  # (B, 1, h, w) where the target person is
+    source_maps: torch.Tensor  # (B, 17, h, w) the source's joint maps
+    target_maps: torch.Tensor  # (B, 17, h, w) the target's (zero where the pose is off)
+    joints: torch.Tensor  # (B, 17) bool: joints present in both poses
+
+
 class RePoseDM(SourceUnaligned):
-    """RePoseDM's recurrent pose alignment for pose transfer, reconstructed (the paper does not
-    publish its architecture; see docs and ../shared/reference/methods.md): the source encoder's
-    features at every UNet level are warped (`grid_sample`) by one flow, computed on the latent
-    grid from (source features, source-pose maps, target-pose maps) and refined over
-    `iterations` ConvGRU steps (`RecurrentAlignment`), then added to the target-pose features
-    and injected zero-initialised, beside the pose. Its pose-field gradient guidance is the
-    sampler hook `grpose.diffusion.reposedm.RePoseDMGuidance` (configs/guidance/).
+    """RePoseDM's recurrent pose alignment for pose transfer, reconstructed.
+
+    What the paper states (arXiv 2310.16074): a *recurrent* alignment gives pose-aligned texture
+    features of the source as the diffusion model's conditioning, instead of multi-level
+    warping; source-pose leakage is countered by its pose-field gradient guidance (here the
+    sampler hook `grpose.diffusion.reposedm.RePoseDMGuidance`, configs/guidance/). Its
+    architecture is not public; ours: the source encoder's features at every UNet level are
+    warped (`grid_sample`) by one flow on the latent grid, refined over `iterations` ConvGRU
+    steps from (source features, source- and target-pose maps, the coverage of the target
+    person; `RecurrentAlignment`), then added to the target-pose features and injected
+    zero-initialised, beside the pose.
+
+    Also ours, not the paper's: the refinement starts from the keypoints' flow
+    (`grpose.data.limb_warp.limb_flow`: each limb's similarity transform, blended; no gradient,
+    a function of the two poses) and the GRU adds a residual to it (zero at initialisation);
+    and the flow is supervised (`grpose.diffusion.losses.FlowSupervision`: the source's joint
+    maps, warped by each step's flow, against the target's), which `flows(cond)` serves.
 
     Args:
+        downscale_factor: the VAE's latent factor (8 for SD 1.5, 4 for the tiny base).
+        channels: feature channels per UNet level (None: the UNet's `block_out_channels`).
+        sigma: of the joint maps, in latent cells.
         iterations: K, the recurrent refinement steps.
         hidden: the ConvGRU's channels.
-        (others: `PoseOnly`'s)
+        limb_width: `limb_flow`'s bone width, a fraction of the image's longer side.
     """
 
     def __init__(self, downscale_factor: int = 8, channels: list[int] | None = None,
-                 sigma: float = 1.0, iterations: int = 3, hidden: int = 32):
+                 sigma: float = 1.0, iterations: int = 3, hidden: int = 32,
+                 limb_width: float = 0.04):
         super().__init__(downscale_factor, channels, sigma)
-        self.iterations, self.hidden = iterations, hidden
+        self.iterations, self.hidden, self.limb_width = iterations, hidden, limb_width
 
     def attach_source(self, unet: nn.Module) -> None:
         super().attach_source(unet)
         self.alignment = RecurrentAlignment(self.level_channels[0], NUM_HEATMAPS, self.hidden,
                                             self.iterations)
 
-    def flows(self, cond: PoseCondition) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(per-level source features, every refinement step's flow `(B, 2, h, w)`)."""
+    def flows(self, cond: PoseCondition) -> Alignment:
+        """The source features, the keypoint flow and every refinement step's flow of `cond`
+        (with a source); the keypoint flow and the target maps are zero where the pose is off,
+        everything source-side where the source is off."""
+        if not cond.has_source:
+            raise ValueError("RePoseDM conditions on a source person: give a pose-transfer "
+                             "batch (PairBatch) / PoseCondition.with_source")
         features, source_maps = self.encode_source(cond)
-        target_maps = gate(keypoint_heatmaps(cond.keypoints, cond.pose_image.shape[-2:],
-                                             source_maps.shape[-2:], self.sigma), cond.active)
-        return features, self.alignment(features[0], source_maps, target_maps.to(source_maps))
+        grid, image_size = source_maps.shape[-2:], cond.pose_image.shape[-2:]
+        target_maps = gate(keypoint_heatmaps(cond.keypoints, image_size, grid, self.sigma),
+                           cond.active).to(source_maps)
+        with torch.no_grad():
+            start, coverage = limb_flow(cond.source_keypoints, cond.keypoints, tuple(grid),
+                                        tuple(image_size), self.limb_width)
+        on = cond.active & cond.source_active
+        start, coverage = gate(start, on).to(source_maps), gate(coverage, on).to(source_maps)
+        flows = self.alignment(features[0], source_maps, target_maps, start, coverage)
+        joints = (cond.source_keypoints[..., 2] > 0).any(1) & (cond.keypoints[..., 2] > 0).any(1)
+        return Alignment(features, flows, start, coverage, source_maps, target_maps, joints)
 
     def source_features(self, cond: PoseCondition) -> list[torch.Tensor]:
-        features, flows = self.flows(cond)
-        return [gate(warp(f, flows[-1]), cond.source_active) for f in features]
+        a = self.flows(cond)
+        return [gate(warp(f, a.flows[-1]), cond.source_active) for f in a.features]
 
 
 def attention_layers(unet: nn.Module) -> list[tuple[str, int]]:
@@ -100,28 +144,45 @@ def attention_layers(unet: nn.Module) -> list[tuple[str, int]]:
 class ReferenceAttention(SourceUnaligned):
     """The reference-attention kind of current pose-transfer systems: the target pose as in
     `PoseOnly`, and the source's per-level features, as tokens (a linear map per layer), joined
-    to the keys / values of every UNet self-attention layer at that level (scoped hooks,
-    `grpose.methods.reference`), through the layer's own frozen projections. Each layer's
-    change is gated per channel, zero-initialised. Cannot train under the UNet's gradient
-    checkpointing (see `grpose.methods.reference.attend`). Args: `PoseOnly`'s."""
+    to the keys / values of every UNet self-attention layer at that level through the layer's
+    own frozen projections (`grpose.methods.reference`: an attention processor set for the call
+    only, one attention computation per layer). What the tokens change passes a zero-initialised
+    linear map per layer (`projections`), times the item's source switch. Cannot train under
+    the UNet's gradient checkpointing (see `grpose.methods.reference.attend`).
+
+    Args:
+        downscale_factor: the VAE's latent factor (8 for SD 1.5, 4 for the tiny base).
+        channels: feature channels per UNet level (None: the UNet's `block_out_channels`).
+        sigma: of the joint maps, in latent cells.
+    """
 
     def attach_source(self, unet: nn.Module) -> None:
         super().attach_source(unet)
         self.layers = attention_layers(unet)
         if not self.layers:
             raise ValueError("ReferenceAttention: the UNet has no self-attention layer (attn1)")
-        widths = [unet.get_submodule(name).to_q.in_features for name, _ in self.layers]
-        self.tokens = nn.ModuleList(nn.Linear(self.level_channels[lv], c)
-                                    for (_, lv), c in zip(self.layers, widths))
-        self.gates = nn.ParameterList(nn.Parameter(torch.zeros(c)) for c in widths)
+        layers = [unet.get_submodule(name) for name, _ in self.layers]
+        for layer in layers:
+            check_layer(layer)
+        self.tokens = nn.ModuleList(nn.Linear(self.level_channels[lv], layer.to_q.in_features)
+                                    for (_, lv), layer in zip(self.layers, layers))
+        self.projections = nn.ModuleList(
+            zero_module(nn.Linear(layer.to_out[0].out_features, layer.to_out[0].out_features,
+                                  bias=False)) for layer in layers)
 
     def source_features(self, cond: PoseCondition) -> None:
         return None  # the source enters through attention only
 
     def references(self, cond: PoseCondition) -> dict[str, Reference]:
         features, _ = self.encode_source(cond)
+        scale = cond.source_active.float()  # (B,)
         refs = {}
-        for (name, level), proj, g in zip(self.layers, self.tokens, self.gates):
+        for (name, level), proj, out in zip(self.layers, self.tokens, self.projections):
             tokens = proj(features[level].flatten(2).transpose(1, 2))  # (B, h_l w_l, C)
-            refs[name] = Reference(tokens, gate(g.expand(len(cond), -1), cond.source_active))
+            refs[name] = Reference(tokens, out, scale)
         return refs
+
+    def training_logs(self) -> dict[str, torch.Tensor]:
+        """`gate`: the mean |W| of the zero-initialised projections (how open the method is)."""
+        with torch.no_grad():
+            return {"gate": torch.stack([p.weight.abs().mean() for p in self.projections]).mean()}
