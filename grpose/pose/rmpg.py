@@ -8,6 +8,7 @@ map is added to the input through a zero-initialised 1x1 conv, so RMPG starts as
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -64,15 +65,20 @@ class ParseNode(nn.Module):
             nn.Conv2d(2 * channels, channels, 1, bias=False), nn.BatchNorm2d(channels),
             nn.ReLU(inplace=True)) if has_context else None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                collect: dict | None = None, path: tuple[int, ...] = ()) -> torch.Tensor:
+        """Refined map of this node; with `collect`, every node's refined map is stored in it
+        under its path from the root (`()` the root, `(1, 0)` the first child of the second)."""
         if self.num_children:
             b, c, h, w = x.shape
             children = x.view(b, self.num_children, c // self.num_children, h, w)
             contexts = self.relation(children)  # (B, K, c/K, h, w)
-            x = torch.cat([node(children[:, i], contexts[:, i])
+            x = torch.cat([node(children[:, i], contexts[:, i], collect, path + (i,))
                            for i, node in enumerate(self.nodes)], dim=1)  # (B, C, h, w)
         if self.combine is not None:
             x = x + self.combine(torch.cat([x, context], dim=1))
+        if collect is not None:
+            collect[path] = x
         return x
 
 
@@ -84,6 +90,10 @@ class RMPG(nn.Module):
         splits: children per node at each tree level (top-down), e.g. `[2, 2]`.
         enabled: False makes the module the identity with no parameters (to measure its effect).
         relation_dim: width of the query/key projections of the context relations.
+
+    `forward(x, collect=nodes)` also fills the dict `nodes` with each tree node's refined
+    sub-feature map `(B, C / n, h, w)` keyed by its path (see `ParseNode.forward`), so auxiliary
+    heads can supervise chosen sub-nodes; `node_paths(level)` lists the paths of one level.
     """
 
     def __init__(self, channels: int, splits: tuple[int, ...] | list[int] = (2, 2),
@@ -94,12 +104,20 @@ class RMPG(nn.Module):
             return
         if not splits:
             raise ValueError("RMPG needs at least one split level (or enabled=False)")
-        self.root = ParseNode(channels, tuple(splits), relation_dim)
+        self.splits = tuple(splits)
+        self.root = ParseNode(channels, self.splits, relation_dim)
         self.out = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def node_paths(self, level: int) -> list[tuple[int, ...]]:
+        """Paths of the tree's nodes at `level` (0: the root; 1: its children; ...), in order."""
+        if not self.enabled or not 0 <= level <= len(self.splits):
+            raise ValueError(f"RMPG with splits {list(getattr(self, 'splits', []))} has no "
+                             f"level {level}")
+        return list(itertools.product(*(range(k) for k in self.splits[:level])))
+
+    def forward(self, x: torch.Tensor, collect: dict | None = None) -> torch.Tensor:
         if not self.enabled:
             return x
-        return x + self.out(self.root(x))  # (B, C, h, w)
+        return x + self.out(self.root(x, collect=collect))  # (B, C, h, w)
