@@ -16,7 +16,7 @@ POSE ?= docs/poses/example_openpose.json
 PROMPT ?= a person standing, one arm raised
 OUT ?= runs/generate
 
-.PHONY: docs help install lock demo compare compare-transfer generate app test test-all test-gpu train eval eval-transfer bench bench-sample bench-detector gpu-wheels gpu-check clean
+.PHONY: docs help install lock demo compare compare-transfer compare-pose generate app test test-all test-gpu train eval eval-transfer bench bench-sample bench-detector gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ compare: install  ## every method (+ GRPose with RePoseDM) on the same base and 
 
 compare-transfer: install  ## pose transfer: every transfer method (+ RePoseDM guidance) on synthetic pairs, 3 seeds, mean +- std (CPU)
 	$(PY) -m grpose.demo compare-transfer $(ARGS)
+
+compare-pose: install  ## RMPG's claim: top-down baseline / + RMPG / + supervised RMPG, bottom-up with / without, 3 seeds (CPU, ~30 min on one core)
+	$(PY) tools/compare_pose.py $(ARGS)
 
 generate: install  ## images for your own pose: make generate POSE=pose.json|photo.png PROMPT="..." [SOURCE=photo.png for a pose-transfer bundle; BUNDLE=... OUT=... ARGS=...]
 	$(PY) tools/generate.py --bundle $(BUNDLE) --pose "$(POSE)" --prompt "$(PROMPT)" --out $(OUT) $(if $(SOURCE),--source "$(SOURCE)") $(ARGS)

@@ -84,7 +84,7 @@ def person_sample(image: np.ndarray, keypoints: np.ndarray, box: np.ndarray,
     matrix = crop_matrix(center, size, input_size, torch.tensor(math.radians(rotation)))
     if flip:
         matrix = flip_matrix(matrix, w)
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 127.5 - 1
     crop = crop_images(pixels[None], matrix[None], input_size)[0]  # (3, H, W)
     kp = torch.as_tensor(keypoints, dtype=torch.float32).clone()
     kp[:, :2] = apply_affine(kp[:, :2], matrix)
