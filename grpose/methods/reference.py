@@ -67,13 +67,18 @@ def joined_attention(attn: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor
         query = attn.norm_q(query)
     if attn.norm_k is not None:
         key = attn.norm_k(key)
+    d = value.shape[-1]
+    width = -(-(2 * d + 1) // 8) * 8  # 2D + 1 rounded up to a multiple of 8
     ones = value.new_ones(*value.shape[:-1], 1)
     widened = torch.cat([torch.cat([value, torch.zeros_like(value), ones], -1),  # (B,H,N,2D+1)
                          torch.cat([torch.zeros_like(ref_value), ref_value,
                                     ref_value.new_zeros(*ref_value.shape[:-1], 1)], -1)], 2)
-    out = F.scaled_dot_product_attention(query, key, widened)  # (B, H, N, 2D + 1)
-    d = value.shape[-1]
-    own_part, ref_part, mass = out[..., :d], out[..., d:2 * d], out[..., 2 * d:]
+    # queries, keys and values of one width (zeros added: the same scores) keep the fused
+    # kernels; a value width other than the queries' falls back to the slow math path
+    out = F.scaled_dot_product_attention(
+        F.pad(query, (0, width - d)), F.pad(key, (0, width - d)),
+        F.pad(widened, (0, width - 2 * d - 1)), scale=d ** -0.5)  # (B, H, N, width)
+    own_part, ref_part, mass = out[..., :d], out[..., d:2 * d], out[..., 2 * d:2 * d + 1]
 
     def merge(x):  # (B, H, N, D) -> (B, N, H * D)
         return x.transpose(1, 2).reshape(b, n, -1)
