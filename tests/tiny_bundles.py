@@ -47,7 +47,8 @@ def tiny_module(tiny_parts, name: str, perturb, seed: int = 5,
 
 
 def write_tiny_bundle(folder: str, tiny_parts, module: PoseDiffusionModule,
-                      detector: dict | None = None, name: str | None = None) -> str:
+                      detector: dict | None = None, name: str | None = None,
+                      detector_knows: str | None = None) -> str:
     """`module` as a bundle whose base (the session's tiny parts) is exported into it."""
     unet, vae, text = tiny_parts
     os.makedirs(folder, exist_ok=True)
@@ -57,7 +58,8 @@ def write_tiny_bundle(folder: str, tiny_parts, module: PoseDiffusionModule,
              "vae": spec(load_vae, path="vae", subfolder=None),
              "text_encoder": spec(OpenCLIPTextEncoder, text_cfg=TEXT_CFG,
                                   weights=save_text_encoder(text, folder))}
-    return save_bundle(folder, module, parts, RENDER, name=name, detector=detector)
+    return save_bundle(folder, module, parts, RENDER, name=name, detector=detector,
+                       detector_knows=detector_knows)
 
 
 def write_detector_checkpoint(path: str, seed: int = 0) -> str:

@@ -2,7 +2,9 @@
 
     bundle/
       bundle.json          format, name, the base's parts, latent scale, render, sampler (with
-                           a pose-transfer model's guidance as a spec), detector
+                           a pose-transfer model's guidance as a spec), detector and what it
+                           knows (`detector_knows`, e.g. the demo's: synthetic 64 px people)
+      scheduler_config.json  the sampling scheduler (diffusers' `save_config`; absent: DDIM)
       method.safetensors   the method's export (`grpose.methods.save_method`): `load_method` and
       method.json          `--model.init_args.method_weights` read a bundle as they read an export
       unet.safetensors     only for methods that train the UNet (HumanSD): its whole state dict
@@ -18,24 +20,28 @@ take a source image.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
 
+import diffusers
 import torch
+from diffusers import SchedulerMixin
 from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from grpose.data.io import state_mismatch
-from grpose.diffusion.components import noise_scheduler
+from grpose.diffusion.components import ddim_scheduler, noise_scheduler
 from grpose.diffusion.module import PoseDiffusionModule
 from grpose.methods.weights import FILE_SETTINGS, SPEC, load_method, read_spec, save_method
 from grpose.pipeline.settings import (RenderSettings, SamplerSettings, is_transfer,
                                       sampler_settings, scale_names, spec_target)
 
 BUNDLE, FORMAT = "bundle.json", "grpose-bundle/1"
+SCHEDULER = "scheduler_config.json"  # diffusers' name (`SchedulerMixin.save_pretrained`)
 TRAINED_UNET = "unet.safetensors"
 PARTS = ("unet", "vae", "text_encoder")
 PATH_ARGS = ("path", "weights", "checkpoint", "config")
@@ -54,6 +60,7 @@ class Bundle:
     sampler: SamplerSettings
     detector: dict | None = None
     trained_unet: bool = False
+    detector_knows: str | None = None  # what the detector was trained on (None: not recorded)
 
     @property
     def transfer(self) -> bool:
@@ -100,12 +107,25 @@ def save_text_encoder(encoder: torch.nn.Module, folder: str,
 
 def save_bundle(folder: str, module: PoseDiffusionModule, parts: dict, render: RenderSettings,
                 name: str | None = None, detector: dict | None = None,
-                sampler: SamplerSettings | None = None, trained_unet: bool | None = None) -> str:
-    """Write `module`'s method, sampler defaults (or `sampler`) and latent scale with the base's
-    `parts` specs (files already in `folder` named relative to it: `copy_into`,
-    `save_text_encoder`), the `render` settings and an optional pose `detector` spec, as the
-    bundle `folder`. `trained_unet` (default: the module trains its UNet) also stores the whole
-    UNet, loaded over the base's after the method is attached (HumanSD)."""
+                sampler: SamplerSettings | None = None, trained_unet: bool | None = None,
+                detector_knows: str | None = None) -> str:
+    """Write a model as the bundle `folder`.
+
+    Args:
+        folder: the bundle folder (created; its `bundle.json` is replaced last).
+        module: the model: its method, latent scale, sampler defaults and sampling scheduler
+            (`module.sampler`, as diffusers' `scheduler_config.json`).
+        parts: the base's `unet` / `vae` / `text_encoder` specs (files already in `folder`
+            named relative to it: `copy_into`, `save_text_encoder`).
+        render: how the model's pose images are rendered.
+        name: the bundle's label (default: the folder's name).
+        detector: an optional pose detector spec (files relative to `folder`).
+        sampler: the sampling defaults (default: the module's).
+        trained_unet: also store the whole UNet, loaded over the base's after the method is
+            attached (HumanSD); default: the module trains its UNet.
+        detector_knows: what the detector was trained on, in a few words (e.g. "synthetic 64 px
+            people"): a photo read with it is then flagged (`PosePipeline`).
+    """
     missing = [p for p in PARTS if p not in parts]
     if missing:
         raise ValueError(f"save_bundle {folder}: no spec for the base's {missing}")
@@ -122,10 +142,12 @@ def save_bundle(folder: str, module: PoseDiffusionModule, parts: dict, render: R
     if trained_unet:
         write_tensors(module.unet.state_dict(), os.path.join(folder, TRAINED_UNET))
     sampler = sampler or sampler_settings(module)
+    module.sampler.save_config(folder)  # scheduler_config.json
     record = {"format": FORMAT, "name": name or os.path.basename(os.path.normpath(folder)),
               "method": method_spec["name"], "parts": {p: parts[p] for p in PARTS},
               "latent_scale": float(module.hparams.latent_scale), "render": asdict(render),
-              "sampler": asdict(sampler), "detector": detector, "trained_unet": trained_unet}
+              "sampler": asdict(sampler), "detector": detector, "trained_unet": trained_unet,
+              "detector_knows": detector_knows}
     with open(os.path.join(folder, BUNDLE + ".tmp"), "w") as f:
         f.write(json.dumps(record, indent=2) + "\n")
     os.replace(os.path.join(folder, BUNDLE + ".tmp"), os.path.join(folder, BUNDLE))
@@ -170,11 +192,14 @@ def read_bundle(folder: str) -> Bundle:
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
         sampler.guidance_scale = float(getattr(guidance, scale_names(type(guidance))[0]))
+    knows = record.get("detector_knows")
+    if knows is not None and not isinstance(knows, str):
+        raise ValueError(f"{path}: 'detector_knows' must be a string or null, got {knows!r}")
     read_spec(folder)  # the method's export is there
     return Bundle(os.path.abspath(folder), str(record.get("name", os.path.basename(folder))),
                   str(_field(record, "method", str, path)), parts,
                   float(_field(record, "latent_scale", (int, float), path)), render, sampler,
-                  record.get("detector"), bool(record.get("trained_unet", False)))
+                  record.get("detector"), bool(record.get("trained_unet", False)), knows)
 
 
 def build_part(part: dict, folder: str, where: str):
@@ -188,23 +213,68 @@ def build_part(part: dict, folder: str, where: str):
     return target(**args)
 
 
-def load_bundle(folder: str, bundle: Bundle | None = None) -> PoseDiffusionModule:
-    """The bundle's model, built and loaded, in eval mode on the CPU."""
-    bundle = bundle or read_bundle(folder)
-    where = os.path.join(folder, BUNDLE)
+def load_base(bundle: Bundle) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """The bundle's base `(unet, vae, text_encoder)`, built from its specs."""
+    where = os.path.join(bundle.folder, BUNDLE)
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # not diffusers' advice to install accelerate
     try:
-        unet, vae, text_encoder = (build_part(bundle.parts[p], bundle.folder,
-                                              f"{where}: parts.{p}") for p in PARTS)
+        return tuple(build_part(bundle.parts[p], bundle.folder, f"{where}: parts.{p}")
+                     for p in PARTS)
     finally:
         diffusers_logging.set_verbosity(level)
+
+
+def load_scheduler(folder: str) -> SchedulerMixin | None:
+    """The bundle's sampling scheduler (its `scheduler_config.json`, any diffusers scheduler by
+    its `_class_name`); None when the bundle has none (older bundles: DDIM)."""
+    path = os.path.join(folder, SCHEDULER)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    name = config.get("_class_name") if isinstance(config, dict) else None
+    target = getattr(diffusers, str(name), None)
+    if not (isinstance(target, type) and issubclass(target, SchedulerMixin)):
+        raise ValueError(f"{path}: '_class_name' must name a diffusers scheduler, got {name!r}")
+    return target.from_config(config)
+
+
+def _unet_layout(unet: torch.nn.Module) -> list[tuple[str, tuple]]:
+    return [(k, tuple(v.shape)) for k, v in unet.state_dict().items()]
+
+
+def load_bundle(folder: str, bundle: Bundle | None = None,
+                base: tuple | None = None) -> PoseDiffusionModule:
+    """The bundle's model, built and loaded, in eval mode on the CPU.
+
+    Args:
+        folder: the bundle folder.
+        bundle: its settings when already read (`read_bundle`).
+        base: an already loaded `(unet, vae, text_encoder)` of the same base (`base_key`),
+            shared with other models instead of loading the bundle's own; a bundle with a
+            trained UNet gets its own copy of the UNet.
+    """
+    bundle = bundle or read_bundle(folder)
+    where = os.path.join(folder, BUNDLE)
+    shared = base is not None
+    unet, vae, text_encoder = base if shared else load_base(bundle)
+    if shared and bundle.trained_unet:
+        unet = copy.deepcopy(unet)  # loaded over below: never the shared one
+    layout = _unet_layout(unet) if shared and not bundle.trained_unet else None
     s = bundle.sampler
     module = PoseDiffusionModule(
         unet, vae, text_encoder, load_method(bundle.folder), noise_scheduler(),
+        sampler=load_scheduler(bundle.folder) or ddim_scheduler(),
         latent_scale=bundle.latent_scale, num_inference_steps=s.num_inference_steps,
         guidance=s.guidance(), conditioning_scale=s.conditioning_scale,
         negative_prompt=s.negative_prompt, eta=s.eta, seed=s.seed, method_weights=bundle.folder)
+    if layout is not None and _unet_layout(unet) != layout:
+        raise ValueError(f"{where}: {bundle.method} changes the UNet it attaches to, so it "
+                         "cannot share a loaded base (its bundle needs trained_unet)")
     if bundle.trained_unet:
         path = os.path.join(bundle.folder, TRAINED_UNET)
         if not os.path.isfile(path):

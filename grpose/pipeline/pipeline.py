@@ -1,13 +1,19 @@
-"""`PosePipeline`: a prompt and a pose in, images out (diffusers style), for any method's bundle,
-through `PoseDiffusionModule.generate` (the one denoising path and sampler); a pose-transfer
-bundle also takes the source person's image (and pose)."""
+"""`PosePipeline`: a prompt and a pose in, images out, in diffusers' conventions (prompt lists,
+`num_images_per_prompt`, `generator`, `output_type`, `return_dict`, `torch_dtype` / `.to()`, a
+swappable `scheduler`, `callback_on_step_end`), for any method's bundle, through the diffusion
+module's one denoising path (`PoseDiffusionModule.generate`'s images for the same seeds, bit for
+bit); a pose-transfer bundle also takes the source person's image (and pose)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+import time
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from diffusers import SchedulerMixin
+from diffusers.utils import BaseOutput
 from PIL import Image
 
 from grpose.data.batch import PoseBatch, PoseSample, collate_pose_samples
@@ -16,48 +22,37 @@ from grpose.data.render import render_pose, to_model_range
 from grpose.diffusion.module import PoseDiffusionModule
 from grpose.methods import TRANSFER_METHODS
 from grpose.methods.weights import registry_name
-from grpose.pipeline.bundle import (PARTS, Bundle, RenderSettings, SamplerSettings, build_detector,
-                                    load_bundle, read_bundle, sampler_settings, save_bundle)
-from grpose.pipeline.poses import resolve_pose
-from grpose.pipeline.settings import is_transfer
+from grpose.pipeline.bundle import RenderSettings, SamplerSettings, sampler_settings
+from grpose.pipeline.call import (CALLBACK_INPUTS, OUTPUT_TYPES, batch_to, check_count, convert,
+                                  denoise, initial_noise, negative_list, pose_score, prompt_list,
+                                  to_pil)
+from grpose.pipeline.detectors import FROM_BUNDLE, PhotoDetectorWarning, warn_photo
+from grpose.pipeline.loading import PretrainedMixin
+from grpose.pipeline.poses import is_photo, resolve_pose
+from grpose.pipeline.settings import guidance_spec, is_transfer
 from grpose.pipeline.sources import source_person
-from grpose.pose.decode import match_people
 from grpose.pose.detector import PoseDetector
 
-FROM_BUNDLE = "bundle"
+__all__ = ["FROM_BUNDLE", "PosePipeline", "PosePipelineOutput", "pose_score", "to_pil"]
 
 
 @dataclass
-class PosePipelineOutput:
-    """What a `PosePipeline` call returns."""
+class PosePipelineOutput(BaseOutput):
+    """What a `PosePipeline` call returns (diffusers' `BaseOutput`: `out.images`, `out[0]`,
+    `out.to_tuple()`, which `return_dict=False` gives)."""
 
-    images: list[Image.Image]
-    pose: np.ndarray  # (P, 17, 3) the target pose, in the images' pixels
-    pose_image: Image.Image  # the rendered condition
-    seeds: list[int]
+    images: list[Image.Image] | np.ndarray | torch.Tensor  # as `output_type` asks
+    pose: np.ndarray | None = None  # (P, 17, 3) the target pose, in the images' pixels
+    pose_image: Image.Image | None = None  # the rendered condition
+    seeds: list[int] | None = None  # per image (None: the noise came from generators)
     detected: list[np.ndarray] | None = None  # (P_k, 17, 3) per image, with a detector
     oks: list[float] | None = None  # per image: mean OKS of the target people (0 unmatched)
-    info: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # the settings used, timings, notes
     source_pose: np.ndarray | None = None  # (Ps, 17, 3) pose transfer: the source pose used
     source_image: Image.Image | None = None  # pose transfer: the source as conditioned
 
 
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """`(B, 3, H, W)` in [-1, 1] -> PIL images."""
-    arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in arr]
-
-
-def pose_score(detected: dict[str, torch.Tensor], target: np.ndarray) -> float:
-    """Mean OKS of the target people against the detected ones (one-to-one, best score first;
-    an unmatched target person counts 0)."""
-    gt = torch.from_numpy(target)
-    matched = match_people(detected["keypoints"].cpu().float(), detected["scores"].cpu().float(),
-                           gt, threshold=0.0)
-    return float(matched.mean()) if len(matched) else 0.0
-
-
-class PosePipeline:
+class PosePipeline(PretrainedMixin):
     """Images for a prompt and a pose from a trained model.
 
         pipe = PosePipeline.from_pretrained("runs/demo/bundles/grpose_skeleton-s0")
@@ -69,49 +64,74 @@ class PosePipeline:
         render: how its pose images are rendered (style, line scale, image size).
         detector: reads poses from photos and the generated images' poses (OKS); optional.
         name: a label (the app's column title).
+        parts: the base's specs (`save_pretrained` writes them; from a bundle or a checkpoint).
+        folder: where the relative files of `parts` / `detector_spec` are (a bundle's folder).
+        detector_spec: the detector's spec, written by `save_pretrained`.
+        detector_knows: what the detector was trained on (a photo read with it says so).
+        trained_unet: `save_pretrained` stores the whole UNet (default: the module trains it).
     """
 
     def __init__(self, module: PoseDiffusionModule, render: RenderSettings,
                  detector: PoseDetector | None = None, name: str = "model",
-                 parts: dict | None = None):
+                 parts: dict | None = None, folder: str | None = None,
+                 detector_spec: dict | None = None, detector_knows: str | None = None,
+                 trained_unet: bool | None = None):
         self.module, self.render, self.detector, self.name = module.eval(), render, detector, name
-        self.parts = parts  # the base's specs, when known (`save_pretrained`)
+        self.parts, self.folder, self.trained_unet = parts, folder, trained_unet
+        self.detector_spec, self.detector_knows = detector_spec, detector_knows
+        self.base_key: str | None = None  # set by from_pretrained (bundles sharing a base)
+        self.progress_bar_config: dict = {}
 
-    @classmethod
-    def from_pretrained(cls, folder: str, detector: PoseDetector | str | None = FROM_BUNDLE,
-                        device: str | torch.device = "cpu") -> PosePipeline:
-        """The pipeline of a bundle folder (`grpose.pipeline.bundle`); `detector`: the bundle's
-        own ("bundle"), another `PoseDetector`, or None."""
-        bundle: Bundle = read_bundle(folder)
-        module = load_bundle(folder, bundle).to(device)
-        if detector == FROM_BUNDLE:
-            detector = build_detector(bundle)
-        return cls(module, bundle.render, detector, bundle.name)
+    # -- diffusers' handles ----------------------------------------------------------------------
+    def to(self, device: str | torch.device | None = None,
+           dtype: torch.dtype | None = None) -> PosePipeline:
+        """Move the model (method and base: shared with the pipelines on the same base) to
+        `device` and / or `dtype`; sampling then runs there, in that dtype. Returns self."""
+        if device is not None:
+            self.module.to(device)
+        if dtype is not None:
+            if not dtype.is_floating_point:
+                raise ValueError(f"dtype must be a floating point dtype, got {dtype}")
+            self.module.to(dtype=dtype)
+        return self
 
-    @classmethod
-    def from_checkpoint(cls, checkpoint: str, render: RenderSettings,
-                        detector: PoseDetector | None = None, **kwargs) -> PosePipeline:
-        """The pipeline of a grpose Lightning checkpoint (its parts rebuilt from the configs the
-        CLI stored; `kwargs` go to `load_from_checkpoint`, e.g. the parts of a model built in
-        Python), rendering poses as `render` says (the training data's `pose_style`,
-        `render_scale` and `resolution`)."""
-        module = PoseDiffusionModule.load_from_checkpoint(checkpoint, map_location="cpu",
-                                                          **kwargs)
-        stored = torch.load(checkpoint, map_location="cpu", weights_only=True,
-                            mmap=True).get("hyper_parameters", {})
-        parts = {p: _plain_spec(stored[p]) for p in PARTS
-                 if _is_spec(stored.get(p)) and p not in kwargs}
-        return cls(module, render, detector, os.path.basename(checkpoint),
-                   parts if len(parts) == len(PARTS) else None)
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs."""
+        return self.module.device
 
-    def save_pretrained(self, folder: str, parts: dict | None = None) -> str:
-        """Write this pipeline as a bundle; `parts`: the base's specs (default: those of the
-        checkpoint's configs, `from_checkpoint`)."""
-        parts = parts or self.parts
-        if parts is None:
-            raise ValueError("save_pretrained: the base's configs are unknown (a model built in "
-                             "Python, or parts given to from_checkpoint): pass parts= specs")
-        return save_bundle(folder, self.module, parts, self.render, name=self.name)
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's (and its sampling's) dtype."""
+        return self.module.dtype
+
+    @property
+    def scheduler(self) -> SchedulerMixin:
+        """The sampling scheduler (`PoseDiffusionModule.sampler`); swap it as in diffusers:
+        `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`."""
+        return self.module.sampler
+
+    @scheduler.setter
+    def scheduler(self, scheduler: SchedulerMixin) -> None:
+        if not isinstance(scheduler, SchedulerMixin):
+            raise ValueError(f"scheduler must be a diffusers scheduler, got "
+                             f"{type(scheduler).__name__}")
+        self.module.sampler = scheduler
+
+    @property
+    def components(self) -> dict:
+        """The loaded parts, by name (diffusers' `pipe.components`)."""
+        m = self.module
+        return {"unet": m.unet, "vae": m.vae, "text_encoder": m.text_encoder,
+                "method": m.method, "scheduler": m.sampler, "detector": self.detector}
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """The sampling loop's progress bar: `disable=True` hides it (shown by default)."""
+        unknown = sorted(set(kwargs) - {"disable"})
+        if unknown:
+            raise ValueError(f"set_progress_bar_config: {unknown}: only 'disable' reaches the "
+                             "sampling loop's progress bar")
+        self.progress_bar_config = dict(kwargs)
 
     @property
     def sampler(self) -> SamplerSettings:
@@ -123,22 +143,25 @@ class PosePipeline:
         """A pose-transfer model: each call needs the source person's image."""
         return is_transfer(self.module.method)
 
+    # -- one call ---------------------------------------------------------------------------------
     def render_pose(self, people: np.ndarray) -> torch.Tensor:
         """Keypoints `(P, 17, 3)` rendered as the model's pose condition: `(3, H, W)` in
         [-1, 1]."""
         return to_model_range(render_pose(people, self.render.height, self.render.width,
                                           style=self.render.style, scale=self.render.scale))
 
-    def batch(self, prompt: str, people: np.ndarray, num_images: int,
+    def batch(self, prompt: str | list[str], people: np.ndarray, num_images: int = 1,
               source: tuple[np.ndarray, np.ndarray] | None = None) -> PoseBatch | PairBatch:
-        """The `PoseBatch` of `num_images` copies of one prompt and pose; with `source` (the
-        source image `uint8 (H, W, 3)` at the model's size and its people `(Ps, 17, 3)`), the
-        `PairBatch` of that source re-rendered in the pose (its target images are blank)."""
+        """The `PoseBatch` of one pose for each of `prompt`'s captions, `num_images` times each
+        (in diffusers' order: `[p0, p0, p1, p1]`); with `source` (the source image
+        `uint8 (H, W, 3)` at the model's size and its people `(Ps, 17, 3)`), the `PairBatch` of
+        that source re-rendered in the pose (its target images are blank)."""
         h, w = self.render.height, self.render.width
         pose = self.render_pose(people)  # (3, H, W)
+        captions = [p for p in prompt_list(prompt) for _ in range(num_images)]
         targets = [PoseSample(image=torch.zeros(3, h, w), pose_image=pose,
-                              keypoints=torch.from_numpy(people), caption=prompt,
-                              meta={"id": f"pose-{k}"}) for k in range(num_images)]
+                              keypoints=torch.from_numpy(people), caption=caption,
+                              meta={"id": f"pose-{k}"}) for k, caption in enumerate(captions)]
         if source is None:
             return collate_pose_samples(targets)
         rgb, source_people = source
@@ -165,67 +188,112 @@ class PosePipeline:
             raise ValueError(f"{self.name}: a source pose without a source image")
 
     @torch.no_grad()
-    def __call__(self, prompt: str, pose, negative_prompt: str | None = None,
+    def __call__(self, prompt: str | list[str], pose,
+                 negative_prompt: str | list[str] | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  conditioning_scale: float | None = None, seed: int | None = None,
-                 num_images: int = 1, canvas: tuple[int, int] | None = None,
-                 source_image=None, source_pose=None, source_scale: float | None = None
-                 ) -> PosePipelineOutput:
-        """Images for `prompt` in `pose`: COCO-17 keypoints `(P, 17, 3)` / a list of people (on
-        `canvas` (H, W), default the model's size), a COCO-style or OpenPose JSON file, or a
-        photo (through the detector). Image k uses seed `seed + k` (default: the model's);
-        `None` settings are the model's. With a detector, each image's detected pose and its
-        OKS against the target come back too.
+                 num_images: int | None = None, canvas: tuple[int, int] | None = None,
+                 source_image=None, source_pose=None, source_scale: float | None = None, *,
+                 num_images_per_prompt: int = 1, generator=None, output_type: str = "pil",
+                 return_dict: bool = True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs: list[str] | tuple = CALLBACK_INPUTS):
+        """Images for each prompt in `pose`, in diffusers' conventions.
 
-        A pose-transfer model (`transfer`) re-renders a source person in `pose` and needs
-        `source_image` (a path, a PIL image or a `uint8 (H, W, 3)` array); it is stretched to
-        the model's size as a pose canvas is (no letterbox; area averaging when shrinking,
-        bicubic when growing, as the training pairs were). `source_pose`: the source person's
-        keypoints in the source image's pixels (the forms `pose` takes: an array, or a COCO /
-        OpenPose JSON file, whose canvas is fitted to the source image); None: the detector
-        reads it from the source image. `source_scale` overrides the guidance's source scale.
+        Args:
+            prompt: a caption, or a list of them (each gets `num_images_per_prompt` images, in
+                diffusers' order `[p0, p0, p1, p1]`).
+            pose: COCO-17 keypoints `(P, 17, 3)` / a list of people (on `canvas` (H, W),
+                default the model's size), a COCO-style or OpenPose JSON file, or a photo
+                (through the detector; a detector that knows only other images says so in a
+                `PhotoDetectorWarning`).
+            negative_prompt: one, or one per prompt (default: the model's).
+            num_inference_steps: sampling steps (default: the model's).
+            guidance_scale: the guidance's (first) scale (default: the model's).
+            conditioning_scale: the method's residual multiplier (default: the model's).
+            seed: image k's noise from seed `seed + k` (`PoseDiffusionModule.generate`'s
+                draw); with neither seed nor generator, a fresh random seed (in `seeds`).
+            num_images: the older name of `num_images_per_prompt`.
+            canvas: the (H, W) that keypoints are given on.
+            source_image: pose transfer: the source person (a path, a PIL image or a
+                `uint8 (H, W, 3)` array), stretched to the model's size as training pairs were.
+            source_pose: its keypoints in the source image's pixels (an array, or a COCO /
+                OpenPose JSON file); None: the detector reads them.
+            source_scale: the guidance's source scale (default: the model's).
+            num_images_per_prompt: images per prompt.
+            generator: a `torch.Generator` (the batch's noise from it) or a list of one per
+                image (image k from generator k), as diffusers.
+            output_type: "pil", "np" (float32 `(N, H, W, 3)` in [0, 1]), "pt" (`(N, 3, H, W)`
+                in [0, 1]) or "latent" (`(N, 4, h, w)`, not decoded, no detection).
+            return_dict: False returns `PosePipelineOutput.to_tuple()` (images first).
+            callback_on_step_end: `f(pipe, step, timestep, callback_kwargs) -> callback_kwargs`
+                after every step (`callback_kwargs["latents"]`: read only).
+            callback_on_step_end_tensor_inputs: the tensors given to it (only "latents").
+
         A pose model given a source image, or a pose-transfer model given none, is an error.
-        The output carries the source pose used and the source image as conditioned."""
-        if num_images < 1:
-            raise ValueError(f"num_images must be at least 1, got {num_images}")
+        With a detector, each image's detected pose and its OKS against the target come back.
+        """
+        start = time.time()
+        if num_images is not None:
+            if num_images_per_prompt != 1:
+                raise ValueError("give num_images_per_prompt or num_images, not both")
+            num_images_per_prompt = num_images
+        per_prompt = check_count("num_images_per_prompt", num_images_per_prompt)
+        prompts = prompt_list(prompt)
+        negatives = negative_list(negative_prompt, prompts, self.module.hparams.negative_prompt)
+        hp = self.module.hparams
+        steps = check_count("num_inference_steps", hp.num_inference_steps
+                            if num_inference_steps is None else num_inference_steps)
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        unknown = sorted(set(callback_on_step_end_tensor_inputs) - set(CALLBACK_INPUTS))
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs: {unknown}: only "
+                             f"{list(CALLBACK_INPUTS)} are given to the callback")
         self.check_source(source_image, source_pose)
         size = (self.render.height, self.render.width)
-        people = resolve_pose(pose, size, self.detector, canvas)  # (P, 17, 3)
-        source = None if source_image is None else source_person(
-            source_image, source_pose, size, self.detector)  # (H, W, 3), (Ps, 17, 3)
-        batch = self.batch(prompt, people, num_images, source)
-        for f in fields(batch):
-            if isinstance(getattr(batch, f.name), torch.Tensor):
-                setattr(batch, f.name, getattr(batch, f.name).to(self.module.device))
-        seed = self.module.hparams.seed if seed is None else int(seed)
-        seeds = [seed + k for k in range(num_images)]
-        guidance = None
+        notes = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            people = resolve_pose(pose, size, self.detector, canvas)  # (P, 17, 3)
+            if is_photo(pose):
+                warn_photo(str(pose) if isinstance(pose, (str, os.PathLike)) else "the photo",
+                           self.detector_knows)
+            source = None if source_image is None else source_person(
+                source_image, source_pose, size, self.detector)  # (H, W, 3), (Ps, 17, 3)
+            if source_image is not None and source_pose is None:
+                warn_photo("the source image", self.detector_knows)
+        for w in caught:  # said again to the caller; the detector's notes kept in the info
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            if issubclass(w.category, PhotoDetectorWarning):
+                notes.append(str(w.message))
+        batch = batch_to(self.batch(prompts, people, per_prompt, source), self.device,
+                         self.dtype)
+        vae = self.module.vae
+        shape = (vae.config.latent_channels, *self.module.latent_size(size))
+        latents, seeds, origin = initial_noise(len(batch), shape, self.device, self.dtype,
+                                               seed, generator)
+        guidance = self.module.guidance
         if guidance_scale is not None or source_scale is not None:
             guidance = self.sampler.guidance(guidance_scale, source_scale)
-        images = self.module.generate(batch, seeds, scale=conditioning_scale,
-                                      num_inference_steps=num_inference_steps,
-                                      guidance=guidance, negative_prompt=negative_prompt)
-        out = PosePipelineOutput(to_pil(images), people, to_pil(batch.pose_image[:1])[0], seeds)
+        scale = hp.conditioning_scale if conditioning_scale is None else conditioning_scale
+        latents = denoise(self.module, batch, latents, [n for n in negatives
+                                                        for _ in range(per_prompt)],
+                          guidance, steps, scale, callback_on_step_end, self,
+                          not self.progress_bar_config.get("disable", False))
+        out = PosePipelineOutput(latents, people, to_pil(batch.pose_image[:1].float())[0], seeds)
+        if output_type != "latent":
+            decoded = vae.decode(latents / hp.latent_scale).sample.clamp(-1, 1)  # (N, 3, H, W)
+            out.images = convert(decoded, output_type)
+            if self.detector is not None:
+                found = self.detector(decoded.float())
+                out.detected = [f["keypoints"].cpu().numpy() for f in found]
+                out.oks = [pose_score(f, people) for f in found]
         if source is not None:
             out.source_image, out.source_pose = Image.fromarray(source[0]), source[1]
-        if self.detector is not None:
-            found = self.detector(images.float())
-            out.detected = [f["keypoints"].cpu().numpy() for f in found]
-            out.oks = [pose_score(f, people) for f in found]
-        return out
-
-
-def _is_spec(value) -> bool:
-    return hasattr(value, "get") and value.get("class_path") is not None
-
-
-def _plain_spec(value) -> dict:
-    """A jsonargparse Namespace / dict spec as plain JSON data."""
-    if hasattr(value, "as_dict"):
-        value = value.as_dict()
-    if isinstance(value, dict):
-        return {k: _plain_spec(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_spec(v) for v in value]
-    return value
-
+        out.info = {"name": self.name, "method": type(self.module.method).__name__,
+                    "num_inference_steps": steps, "guidance": guidance_spec(guidance),
+                    "conditioning_scale": scale, "scheduler": type(self.scheduler).__name__,
+                    "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device),
+                    "noise": origin, "num_images": len(batch), "notes": notes,
+                    "seconds": round(time.time() - start, 3)}
+        return out if return_dict else out.to_tuple()

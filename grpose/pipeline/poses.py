@@ -161,6 +161,16 @@ def fit_to(people: np.ndarray, canvas: tuple[int, int] | None,
     return out
 
 
+def is_photo(pose) -> bool:
+    """Whether a pose input is a photo (a path with an image suffix, a PIL image or a
+    `uint8 (H, W, 3)` array), read by a pose detector, rather than keypoints or a JSON file."""
+    if isinstance(pose, (str, os.PathLike)):
+        return str(pose).lower().endswith(IMAGE_SUFFIXES)
+    return isinstance(pose, Image.Image) or (
+        isinstance(pose, np.ndarray) and pose.dtype == np.uint8 and pose.ndim == 3
+        and pose.shape[-1] == 3 and pose.shape[0] != NUM_JOINTS)
+
+
 def resolve_pose(pose, size: tuple[int, int], detector: PoseDetector | None = None,
                  canvas: tuple[int, int] | None = None) -> np.ndarray:
     """Any pose input -> `(P, 17, 3)` keypoints in pixels of an image of `size` (H, W).
@@ -168,17 +178,11 @@ def resolve_pose(pose, size: tuple[int, int], detector: PoseDetector | None = No
     `pose`: keypoints (array / list, on `canvas` (H, W), default `size`), a JSON file, or a photo
     (path with an image suffix, PIL image or `uint8 (H, W, 3)` array), read by `detector`.
     """
-    if isinstance(pose, (str, os.PathLike)):
-        path = str(pose)
-        if path.lower().endswith(IMAGE_SUFFIXES):
-            pose = path
-        else:
-            people, file_canvas = read_pose_file(path)
-            return fit_to(people, file_canvas, size)
-    if isinstance(pose, (str, os.PathLike, Image.Image)) or (
-            isinstance(pose, np.ndarray) and pose.dtype == np.uint8 and pose.ndim == 3
-            and pose.shape[-1] == 3 and pose.shape[0] != NUM_JOINTS):
+    if is_photo(pose):
         if detector is None:
             raise PoseError("a photo needs a pose detector (the bundle has none; pass detector=)")
         return detect_people(pose, detector, size)
+    if isinstance(pose, (str, os.PathLike)):
+        people, file_canvas = read_pose_file(str(pose))
+        return fit_to(people, file_canvas, size)
     return fit_to(as_people(pose), canvas, size)
