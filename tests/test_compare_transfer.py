@@ -1,5 +1,5 @@
 """The pose-transfer comparison shortened to seconds (`--quick`): every stage, the report's
-rows and columns, the grid, stage reuse; and its pieces on hand-made inputs."""
+rows and columns, the grid, the bundles, stage reuse; and its pieces on hand-made inputs."""
 from __future__ import annotations
 
 import json
@@ -9,38 +9,57 @@ import pytest
 import torch
 
 from grpose.demo import main
-from grpose.demo.transfer import QUESTIONS, TransferConfig, answers, parse, plan
-from grpose.demo.transfer_scoring import CEILING, FLOOR, feature_distance
+from grpose.demo.transfer import TransferConfig, demo_config, parse, plan
+from grpose.demo.transfer_report import answers, compare
+from grpose.demo.transfer_scoring import (BACKGROUND, CEILING, FLOOR, REFERENCES, WARP,
+                                          feature_distance)
 from grpose.demo.transfer_stages import GUIDED
 from grpose.methods import TRANSFER_METHODS
 
 
-def test_the_plan_has_every_method_per_seed_and_the_ceiling_and_floor():
+def test_the_plan_has_every_method_per_seed_and_the_reference_rows():
     cfg = TransferConfig()
     rows, seeds = parse(cfg)
     assert rows == [*TRANSFER_METHODS, GUIDED] and seeds == [0, 1, 2]
-    names = [t.name for t in plan(cfg, rows, seeds)]
+    tasks = plan(cfg, rows, seeds)
+    names = [t.name for t in tasks]
     for seed in seeds:
         assert all(f"{m}-s{seed}" in names for m in TRANSFER_METHODS)
         assert all(f"score/{r}-s{seed}" in names for r in rows)
-    assert f"score/{CEILING}" in names and f"score/{FLOOR}" in names
-    guided = next(t for t in plan(cfg, rows, seeds) if t.name == f"score/{GUIDED}-s1")
+    assert all(f"score/{r}" in names for r in (CEILING, FLOOR, BACKGROUND, WARP))
+    guided = next(t for t in tasks if t.name == f"score/{GUIDED}-s1")
     assert guided.after["method"] == "reposedm-s1" and "field" in guided.after
     with pytest.raises(ValueError, match="unknown"):
         parse(TransferConfig(methods="pose_only,controlnet"))
 
 
-def test_answers_say_better_or_worse_and_inside_or_outside_the_spread():
-    keys = ("ssim_gaussian", "colour_error", "fid", "ap")
-    means = {"pose_only": dict.fromkeys(keys, 0.5),
-             "source_unaligned": {"ssim_gaussian": 0.6, "colour_error": 0.55, "fid": 0.5,
-                                  "ap": 0.45}}
-    stds = {"pose_only": dict.fromkeys(keys, 0.01), "source_unaligned": dict.fromkeys(keys, 0.01)}
-    [line] = answers(means, stds, ["pose_only", "source_unaligned"], 3)
-    assert line.startswith(f"- {QUESTIONS[0][2]}:")
-    assert "SSIM (Gaussian) 0.600 vs 0.500 (better, outside" in line
-    assert "colour error 0.550 vs 0.500 (worse, outside" in line
-    assert "FID 0.500 vs 0.500 (worse, inside" in line or "(better, inside" in line
+def test_the_shared_stages_are_the_pose_demos_when_their_settings_are():
+    assert demo_config(TransferConfig()).out == "runs/demo"  # what `make demo` trained
+    other = TransferConfig(out="x", vae_steps=10)
+    assert demo_config(other).out == os.path.join("x", "shared")  # never overwrites runs/demo
+    assert demo_config(TransferConfig(demo_out="elsewhere", vae_steps=10)).out == "elsewhere"
+    assert demo_config(TransferConfig(out="x", pairs_train=10)).out == "runs/demo"
+
+
+def test_answers_are_computed_from_the_table():
+    keys = ("person_ssim", "person_feature_distance", "colour_error")
+    means = {CEILING: {"person_ssim": 0.8, "person_feature_distance": 0.1, "colour_error": 10.},
+             FLOOR: {"person_ssim": 0.3, "person_feature_distance": 0.5, "colour_error": 60.},
+             BACKGROUND: {"person_ssim": 0.4, "person_feature_distance": 0.6, "colour_error": 70.},
+             "pose_only": {"person_ssim": 0.4, "person_feature_distance": 0.4,
+                           "colour_error": 50.},
+             "reposedm": {"person_ssim": 0.5, "person_feature_distance": 0.3,
+                          "colour_error": 30.}}
+    stds = {r: dict.fromkeys(keys, 0.0) for r in means}
+    stds["reposedm"]["colour_error"] = 25.0  # inside the spread: not "beats"
+    lines = answers(means, stds, ["pose_only", "reposedm"])
+    assert lines[0].startswith(f"- The VAE ceiling beats '{BACKGROUND}'")
+    assert lines[1].startswith(f"- The VAE ceiling beats '{FLOOR}'")
+    assert lines[2].startswith("- reposedm does not beat pose_only")
+    assert "colour error 30 vs 50 (better, inside the spread 25)" in lines[2]
+    assert lines[3].startswith("- The best source method by the person distance, reposedm, "
+                               f"beats '{FLOOR}'")
+    assert compare(means, stds, "pose_only", "reposedm", "colour_error")[:2] == (False, False)
 
 
 def test_feature_distance_is_zero_for_the_same_images_and_grows_with_change():
@@ -54,20 +73,28 @@ def test_feature_distance_is_zero_for_the_same_images_and_grows_with_change():
     assert same.abs().max() < 1e-6 and (near < far).all()
 
 
+def test_bad_settings_give_one_line():
+    with pytest.raises(SystemExit, match="error: --methods: unknown"):
+        main(["compare-transfer", "--methods", "pose_only,nope"])
+
+
 @pytest.mark.slow
 def test_quick_compare_transfer_end_to_end_and_reuse(tmp_path):
     out = tmp_path / "ct"
     results = main(["compare-transfer", "--quick", "--out", str(out), "--seeds", "0,1"])
     rows = results["methods"]
-    assert list(rows) == [CEILING, FLOOR, *TRANSFER_METHODS, GUIDED]
+    assert list(rows) == [*REFERENCES, *TRANSFER_METHODS, GUIDED]
+    assert results["shared"] == str(out / "shared")
     for row in (*TRANSFER_METHODS, GUIDED):
         assert set(results["per_seed"][row]) == {0, 1}
-    cols = {"ssim_gaussian", "ssim_uniform", "psnr", "feature_distance", "fid", "ap",
-            "colour_error"}
+    cols = {"person_ssim", "person_feature_distance", "colour_error", "ssim_gaussian",
+            "ssim_uniform", "psnr", "feature_distance", "fid", "ap"}
     assert cols <= set(rows[FLOOR]) and "lpips" not in rows[FLOOR]  # no AlexNet file: absent
+    assert set(results["flow"]) == {0, 1}
     text = (out / "results.md").read_text()
-    assert "| row | SSIM (Gaussian) | SSIM (51 uniform) |" in text and "alignment vs" in text
+    assert "| row | person SSIM |" in text and "## By pose change" in text
     assert os.path.isfile(out / "grid.png")
+    assert len(results["bundles"]) == 2 * len(TRANSFER_METHODS)
     saved = json.loads((out / "results.json").read_text())
     assert saved["answers"] == results["answers"]
     before = {p: os.path.getmtime(p) for p in out.rglob("stage.json")}

@@ -10,8 +10,10 @@ everything with the pose network (AP, CAP, PCE) and FID / KID on its features.
 guidance, over seeds 0, 1, 2 (mean +- standard deviation) -> runs/compare/results.{md,json}.
 
 `python -m grpose.demo compare-transfer`: every pose-transfer method and `reposedm` with
-RePoseDM guidance on the synthetic pairs, 3 seeds, beside the target's VAE round trip (ceiling)
-and the source copied (floor) -> runs/compare_transfer/results.{md,json}, grid.png.
+RePoseDM guidance on the synthetic pairs, 3 seeds, on the demo's frozen VAE and base, beside four
+reference rows (the target's VAE round trip, the source copied, the target's background alone,
+the source warped by its keypoints) -> runs/compare_transfer/results.{md,json}, grid.png,
+bundles/.
 
 Stages run two at a time in worker processes; each reuses its earlier output while its
 settings have not changed.
@@ -55,18 +57,26 @@ def main(argv=None) -> dict:
 
 def compare_transfer(argv: list[str]) -> dict:
     """`python -m grpose.demo compare-transfer [--flags]` (`TransferConfig`'s fields)."""
-    from grpose.demo.transfer import TransferConfig, run as run_transfer
+    from grpose.demo.transfer import TransferConfig, parse as parse_transfer, run as run_transfer
     p = argparse.ArgumentParser(prog="python -m grpose.demo compare-transfer",
                                 description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
     for field, value in asdict(TransferConfig()).items():
-        p.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=None,
+        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(value, bool) else dict(
+            type=type(value))
+        p.add_argument(f"--{field.replace('_', '-')}", **kind, default=None,
                        help=f"default {value!r}")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (for tests)")
     args = vars(p.parse_args(argv))
-    preset = {**QUICK, "num_fid_real": 16, "scales": "1"} if args.pop("quick") else {}
+    preset = {**QUICK, "num_fid_real": 16, "scales": "1", "pairs_train": 32, "pairs_val": 8,
+              "pairs_tune": 4} if args.pop("quick") else {}
     given = {k: v for k, v in args.items() if v is not None}
-    return run_transfer(TransferConfig(**{**preset, **given}))
+    try:  # bad settings: one line, before any training
+        cfg = TransferConfig(**{**preset, **given})
+        parse_transfer(cfg)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    return run_transfer(cfg)
 
 
 __all__ = ["DemoConfig", "main", "run"]

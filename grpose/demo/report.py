@@ -22,15 +22,24 @@ PAIR_METRICS = ("ap", "fid")
 def summarise(per_seed: dict[str, dict[int, dict]], real: dict) -> dict:
     """`per_seed[row][seed]` metrics -> {"methods": mean per row, "std": sample standard
     deviation per row (0 with one seed)}, both with `ap_vs_real`; the real images come first."""
-    means, stds = {"real images": {**real, "ap_vs_real": 1.0}}, {"real images": {}}
-    for row, seeds in per_seed.items():
+    for seeds in per_seed.values():
         for metrics in seeds.values():
             metrics["ap_vs_real"] = metrics["ap"] / real["ap"] if real["ap"] > 0 else math.nan
-        keys = list(next(iter(seeds.values())))
+    means, stds = mean_std(per_seed)
+    return {"methods": {"real images": {**real, "ap_vs_real": 1.0}, **means},
+            "std": {"real images": {}, **stds}}
+
+
+def mean_std(per_seed: dict[str, dict[int, dict]]) -> tuple[dict, dict]:
+    """`per_seed[row][seed][metric]` -> (mean, sample standard deviation) per row and metric
+    (std 0 with one seed); numbers only, every metric of the row's first seed."""
+    means, stds = {}, {}
+    for row, seeds in per_seed.items():
+        keys = [k for k, v in next(iter(seeds.values())).items() if isinstance(v, (int, float))]
         values = {k: np.array([m[k] for m in seeds.values()], dtype=np.float64) for k in keys}
         means[row] = {k: float(v.mean()) for k, v in values.items()}
         stds[row] = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
-    return {"methods": means, "std": stds}
+    return means, stds
 
 
 def pair_notes(results: dict, rows: list[str], n_seeds: int) -> list[str]:

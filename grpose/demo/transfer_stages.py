@@ -1,9 +1,10 @@
 """The pose-transfer comparison's own stages (`make compare-transfer`): the synthetic pairs
-drawn once into a file, the autoencoder and the text-to-image base trained on their images,
-one transfer method per (name, seed), and a trained model loaded back for sampling."""
+drawn once into a file, one transfer method per (name, seed) trained on the pose demo's frozen
+base, and a trained model loaded back for sampling. The autoencoder, the base and the pose
+network are the pose demo's own stages (`grpose.demo.stages`), reused when `make demo` made
+them."""
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
@@ -13,17 +14,18 @@ from torch.utils.data import Dataset
 from grpose.data import PoseDataModule
 from grpose.data.pairs import PairSample, collate_pair_samples
 from grpose.data.synthetic_pairs import SyntheticPairs
-from grpose.demo.models import schedule, train_base
-from grpose.demo.stages import (CONFIGS, VAE, build_object, model_spec, run_stage, text_encoder,
-                                train_vae, trainer)
+from grpose.demo.models import schedule
+from grpose.demo.stages import (CONFIGS, build_object, model_spec, run_stage, text_encoder,
+                                trainer)
 from grpose.diffusion import PoseDiffusionModule
 from grpose.diffusion.components import load_unet, load_vae, noise_scheduler
-from grpose.diffusion.guidance import ClassifierFreeGuidance
+from grpose.diffusion.guidance import InstructPix2PixGuidance
 from grpose.methods import method_from_config
 
 GUIDED = "reposedm+guidance"
 """The row of `reposedm` sampled with RePoseDM's pose-field gradient guidance."""
 IMAGES = ("source_image", "source_pose_image", "image", "pose_image")
+SPLITS = ("training", "validation", "tuning")
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -54,15 +56,16 @@ class CachedPairs(Dataset):
         images = {k: d[k][index].float() / 127.5 - 1 for k in IMAGES}
         return PairSample(**images, source_keypoints=d["source_keypoints"][index],
                           keypoints=d["keypoints"][index], caption=caption,
-                          meta=dict(d["meta"][index]), target_parts=d["target_parts"][index])
+                          meta=dict(d["meta"][index]), target_parts=d["target_parts"][index],
+                          target_background=d["target_background"][index].float() / 127.5 - 1)
 
 
 def pairs_stage(cfg, inputs) -> dict:
-    """`num_train` training, `num_val` held-out and `num_tune` tuning pairs (identities of
+    """`pairs_train` training, `pairs_val` held-out and `pairs_tune` tuning pairs (identities of
     another seed) of `SyntheticPairs`, each split in one file."""
-    splits = {"training": (cfg.num_train, cfg.seed, "training"),
-              "validation": (cfg.num_val, cfg.seed, "validation"),
-              "tuning": (cfg.num_tune, cfg.seed + 2, "validation")}
+    splits = {"training": (cfg.pairs_train, cfg.seed, "training"),
+              "validation": (cfg.pairs_val, cfg.seed, "validation"),
+              "tuning": (cfg.pairs_tune, cfg.seed + 2, "validation")}
 
     def build(d):
         info = {}
@@ -70,7 +73,7 @@ def pairs_stage(cfg, inputs) -> dict:
             ds = SyntheticPairs(num, seed=seed, split=split, resolution=cfg.resolution,
                                 render_scale=cfg.render_scale, caption_dropout=0.0)
             b = collate_pair_samples([ds[i] for i in range(num)])
-            data = {k: to_uint8(getattr(b, k)) for k in IMAGES}
+            data = {k: to_uint8(getattr(b, k)) for k in (*IMAGES, "target_background")}
             data.update(source_keypoints=[b.source_people(i) for i in range(num)],
                         keypoints=[b.people(i) for i in range(num)],
                         target_parts=b.target_parts, captions=b.captions,
@@ -80,33 +83,22 @@ def pairs_stage(cfg, inputs) -> dict:
             torch.save(data, info[name])
         return info
     return run_stage(cfg, "pairs", dict(splits=splits, r=cfg.resolution,
-                                        render=cfg.render_scale), build)
+                                        render=cfg.render_scale, kind="views-apart"), build)
 
 
-def pairs_vae_stage(cfg, inputs) -> dict:
-    def build(d):
-        return train_vae(cfg, CachedPairs(inputs["pairs"]["training"]), d)
-    return run_stage(cfg, "vae", dict(steps=cfg.vae_steps, arch=VAE, lr=cfg.vae_lr,
-                                      crop=cfg.vae_crop, **schedule(cfg),
-                                      pairs=inputs["pairs"]["settings"]), build)
+def guidance(cfg) -> InstructPix2PixGuidance:
+    """The comparison's sampling guidance over the source and the target pose + prompt."""
+    return InstructPix2PixGuidance(cfg.guidance_scale, source_scale=cfg.source_scale)
 
 
 def diffusion(cfg, inputs: dict, unet, method, seed: int, **kwargs) -> PoseDiffusionModule:
-    """The shared frozen parts; sampling with separate guidance over source and pose."""
+    """The pose demo's frozen parts around `method`."""
     vae = inputs["vae"]
-    guidance = ClassifierFreeGuidance(cfg.guidance_scale, source_scale=cfg.source_scale)
     return PoseDiffusionModule(unet, load_vae(vae["vae_dir"], subfolder=None), text_encoder(),
                                method, noise_scheduler(), latent_scale=vae["latent_scale"],
                                num_inference_steps=cfg.sample_steps, negative_prompt="",
-                               guidance=guidance, seed=seed, **{"cache_frozen": True, **kwargs})
-
-
-def pairs_base_stage(cfg, inputs) -> dict:
-    def build(d):
-        return train_base(cfg, functools.partial(diffusion, cfg, inputs),
-                          CachedPairs(inputs["pairs"]["training"], 0.1, cfg.seed), d)
-    return run_stage(cfg, "base", dict(steps=cfg.base_steps, lr=cfg.base_lr, **schedule(cfg),
-                                       vae=inputs["vae"]["settings"]), build)
+                               guidance=guidance(cfg), seed=seed,
+                               **{"cache_frozen": True, **kwargs})
 
 
 def config_path(name: str) -> str:
@@ -118,14 +110,15 @@ def method_spec(name: str) -> dict:
 
 
 def module_options(name: str) -> dict:
-    """The training options of the method's tiny config besides the method (loss, dropout)."""
+    """The training options of the method's tiny config besides the method (losses, dropout)."""
     return {k: build_object(v, f"{config_path(name)}: model.init_args.{k}")
             for k, v in method_spec(name).items() if k != "method"}
 
 
 def transfer_stage(cfg, inputs, name: str, seed: int) -> dict:
-    """Transfer method `name` trained on the frozen base with the shared budget; `seed` sets
-    its initialisation, data order, noise, dropout and sampling seeds."""
+    """Transfer method `name` trained on the frozen base with the shared budget (with the UNet
+    too when `cfg.train_unet`); `seed` sets its initialisation, data order, noise, dropout and
+    sampling seeds."""
     stage = f"{name}-s{seed}"
 
     def build(d):
@@ -134,15 +127,22 @@ def transfer_stage(cfg, inputs, name: str, seed: int) -> dict:
             torch.manual_seed(seed)  # the method's initialisation
             method = method_from_config(config_path(name))
         options = {"lr": cfg.adapter_lr, **schedule(cfg), **module_options(name)}
+        if cfg.train_unet:
+            options["trainable"] = ["method", "unet"]
         module = diffusion(cfg, inputs, load_unet(inputs["base"]["unet_dir"], subfolder=None),
                            method, seed, **options)
         trainer(cfg, stage, cfg.adapter_steps).fit(module, PoseDataModule(
             train=train, batch_size=cfg.batch_size, seed=seed))
-        path = os.path.join(d, "method.pt")
-        torch.save(module.method.state_dict(), path)
-        return {"weights": path}
+        info = {"weights": os.path.join(d, "method.pt")}
+        torch.save(module.method.state_dict(), info["weights"])
+        if cfg.train_unet:
+            info["unet"] = os.path.join(d, "unet.pt")
+            torch.save(module.unet.state_dict(), info["unet"])
+        return info
     return run_stage(cfg, stage, dict(steps=cfg.adapter_steps, lr=cfg.adapter_lr,
                                       **schedule(cfg), seed=seed, method=method_spec(name),
+                                      train_unet=cfg.train_unet,
+                                      pairs=inputs["pairs"]["settings"],
                                       base=inputs["base"]["settings"]), build)
 
 
@@ -153,5 +153,8 @@ def load_transfer(cfg, inputs: dict, row: str, seed: int) -> PoseDiffusionModule
     hooks = reposedm_hooks(inputs) if row == GUIDED else []
     model = diffusion(cfg, inputs, load_unet(inputs["base"]["unet_dir"], subfolder=None),
                       method_from_config(config_path(name)), seed, sampling_hooks=hooks)
-    model.method.load_state_dict(torch.load(inputs["method"]["weights"], weights_only=True))
+    trained = inputs["method"]
+    model.method.load_state_dict(torch.load(trained["weights"], weights_only=True))
+    if "unet" in trained:
+        model.unet.load_state_dict(torch.load(trained["unet"], weights_only=True))
     return model.eval()
