@@ -75,8 +75,8 @@ def test_supervised_sub_nodes_learn_their_part_groups_targets():
     target, weights = heatmap_targets(kp, (8, 8), (4.0, 4.0))
     assert torch.equal(target == 1.0, peaks == 1.0)
     upper = target[:, [0, 5]]
-    expected = ((out["aux"]["2/upper"] - upper) ** 2).mean((-2, -1)).mean() + \
-        ((out["aux"]["2/lower"] - target[:, [11]]) ** 2).mean((-2, -1)).mean()
+    expected = (((out["aux"]["2/upper"] - upper) ** 2).mean((-2, -1)).mean() +
+                ((out["aux"]["2/lower"] - target[:, [11]]) ** 2).mean((-2, -1)).mean()) / 2
     torch.testing.assert_close(terms["aux"], expected)
     assert group_targets(target, weights, groups)["upper"][1].tolist() == [[1.0, 1.0]]
     (terms["heatmap"] + 0.5 * terms["aux"]).backward()

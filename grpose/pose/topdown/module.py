@@ -28,7 +28,8 @@ class TopDownModule(L.LightningModule):
         warmup_steps: warm-up length.
         cosine: cosine decay after the warm-up.
         sigma: Gaussian target width in heatmap cells.
-        aux_weight: weight of the supervised sub-nodes' loss (summed over their heads).
+        aux_weight: weight of the supervised sub-nodes' loss (the mean over their heads; the
+            heads start near zero, as the final layer does).
     """
 
     def __init__(self, network: TopDownPoseNet, lr: float = 1e-3, weight_decay: float = 1e-4,
@@ -43,7 +44,7 @@ class TopDownModule(L.LightningModule):
         return self.network(images)
 
     def losses(self, outputs: dict, keypoints: torch.Tensor, input_hw) -> dict[str, torch.Tensor]:
-        """Unweighted terms: `heatmap` and, with supervised sub-nodes, `aux`."""
+        """Unweighted terms: `heatmap` and, with supervised sub-nodes, `aux` (mean over heads)."""
         h, w = outputs["heatmaps"].shape[-2:]
         stride = (input_hw[1] / w, input_hw[0] / h)
         target, weights = heatmap_targets(keypoints, (h, w), stride, self.hparams.sigma)
@@ -52,7 +53,7 @@ class TopDownModule(L.LightningModule):
             groups = group_targets(target, weights, self.network.part_groups,
                                    self.network.config["group_target"])
             terms["aux"] = sum(weighted_mse(resize_to(pred, (h, w)), *groups[name.split("/")[1]])
-                               for name, pred in outputs["aux"].items())
+                               for name, pred in outputs["aux"].items()) / len(outputs["aux"])
         return terms
 
     def step(self, batch: PersonBatch) -> tuple[torch.Tensor, dict]:

@@ -103,7 +103,9 @@ class TopDownPoseNet(nn.Module):
             node_channels = widths[p] // math.prod(rmpg_splits[:aux_level])
             for path, (name, joints) in zip(paths, groups.items()):
                 out = len(joints) if group_target == "joints" else 1
-                self.aux_heads[f"{p}/{name}"] = nn.Conv2d(node_channels, out, 1)
+                self.aux_heads[f"{p}/{name}"] = nn.Conv2d(node_channels, out, 1)  # as final
+                nn.init.normal_(self.aux_heads[f"{p}/{name}"].weight, std=0.001)
+                nn.init.zeros_(self.aux_heads[f"{p}/{name}"].bias)
                 self.aux_paths[f"{p}/{name}"] = path
         self.part_groups = groups
 
