@@ -40,22 +40,22 @@ lock:  ## re-resolve the dependencies in a fresh venv and pin them in constraint
 	mv "$$tmp/constraints.txt" constraints.txt
 
 demo: install  ## the main job offline: train and evaluate GRPose, ControlNet, no-pose on synthetic data (CPU)
-	$(PY) -m grpose.demo $(ARGS)
+	$(VENV)/bin/grpose-demo $(ARGS)
 
 compare: install  ## every method (+ GRPose with RePoseDM) on the same base and budget, 3 seeds, mean +- std (CPU)
-	$(PY) -m grpose.demo compare $(ARGS)
+	$(VENV)/bin/grpose-demo compare $(ARGS)
 
 compare-transfer: install  ## pose transfer: every transfer method (+ RePoseDM guidance) on synthetic pairs, 3 seeds, mean +- std (CPU)
-	$(PY) -m grpose.demo compare-transfer $(ARGS)
+	$(VENV)/bin/grpose-demo compare-transfer $(ARGS)
 
 compare-pose: install  ## RMPG's claim: top-down baseline / + RMPG / + supervised RMPG, bottom-up with / without, 3 seeds (CPU, ~30 min on one core)
 	$(PY) tools/compare_pose.py $(ARGS)
 
 generate: install  ## images for your own pose: make generate POSE=pose.json|photo.png PROMPT="..." [SOURCE=photo.png for a pose-transfer bundle; BUNDLE=... OUT=... ARGS=...]
-	$(PY) tools/generate.py --bundle $(BUNDLE) --pose "$(POSE)" --prompt "$(PROMPT)" --out $(OUT) $(if $(SOURCE),--source "$(SOURCE)") $(ARGS)
+	$(VENV)/bin/grpose-generate --bundle $(BUNDLE) --pose "$(POSE)" --prompt "$(PROMPT)" --out $(OUT) $(if $(SOURCE),--source "$(SOURCE)") $(ARGS)
 
 app: install  ## the pose editor app: every bundle under runs/ side by side, in the browser (ARGS="--port 8765 --runs runs")
-	$(PY) -m grpose.app $(ARGS)
+	$(VENV)/bin/grpose-app $(ARGS)
 
 test: install  ## run the fast test suite (offline, CPU)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -73,10 +73,10 @@ train: install  ## fit a model: make train CONFIG="trainer base data method conf
 	$(PY) -m grpose fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
 
 eval: install  ## score generated images: make eval IMAGES=dir EVAL_CONFIG="configs/eval/humanart.yaml [configs/eval/humanart_papers.yaml]" ARGS=...
-	$(PY) tools/evaluate.py $(foreach c,$(EVAL_CONFIG),--config $(c)) --images $(IMAGES) $(ARGS)
+	$(VENV)/bin/grpose-eval $(foreach c,$(EVAL_CONFIG),--config $(c)) --images $(IMAGES) $(ARGS)
 
 eval-transfer: install  ## score pose-transfer results: make eval-transfer IMAGES=dir TRANSFER_CONFIG=configs/eval/transfer_synthetic.yaml ARGS=...
-	$(PY) tools/evaluate_transfer.py $(foreach c,$(TRANSFER_CONFIG),--config $(c)) --images $(IMAGES) $(ARGS)
+	$(VENV)/bin/grpose-eval transfer $(foreach c,$(TRANSFER_CONFIG),--config $(c)) --images $(IMAGES) $(ARGS)
 
 bench: install  ## training-step time of each method vs ControlNet (tiny shapes; ARGS="--memory" / "--shape sd15 ...")
 	$(PY) tools/bench_step.py $(ARGS)

@@ -5,6 +5,7 @@ people says so, once, with the way to pass the field's detector."""
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 
 import numpy as np
@@ -103,3 +104,18 @@ def test_a_photo_read_by_a_synthetic_detector_says_so(runs, tmp_path, make_perso
         other.set_progress_bar_config(disable=True)
         other("a person", str(photo), seed=1, num_inference_steps=1)  # the caller's detector
     assert out.pose.shape[1:] == (17, 3)  # the pose the detector read
+
+
+def test_generate_prints_the_note_once(runs, tmp_path, capsys, one_thread):
+    from grpose.app.generate import main
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 64, 3), np.uint8)).save(photo)
+    paths = main(["--bundle", runs["controlnet"], "--prompt", "a person", "--pose", str(photo),
+                  "--out", str(tmp_path / "out"), "--steps", "1", "--seed", "4"])
+    assert [os.path.basename(p) for p in paths] == ["controlnet-s0-seed4.png"]
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and f"which knows {KNOWS} only" in notes[0]
+    with pytest.raises(SystemExit):
+        main(["--bundle", runs["controlnet"], "--prompt", "x", "--pose", str(photo),
+              "--detector", "yolo"])
+    assert "error: detector='yolo': not 'bundle', None" in capsys.readouterr().err

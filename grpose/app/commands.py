@@ -1,0 +1,36 @@
+"""The installed commands (setup.cfg `console_scripts`): `grpose` (the LightningCLI),
+`grpose-generate`, `grpose-eval`, `grpose-app` and `grpose-demo`; each returns None, so its
+exit status is 0 unless it fails (`SystemExit` with one line)."""
+from __future__ import annotations
+
+import importlib
+
+
+def grpose() -> None:
+    """`grpose fit | validate | predict ... --config ...`: the LightningCLI (`python -m grpose`).
+    The CLI sits after the app in the package order; the command only hands over to it."""
+    importlib.import_module("grpose.cli").main()
+
+
+def generate() -> None:
+    """`grpose-generate --bundle B --pose P --prompt "..."` (`make generate`)."""
+    from grpose.app.generate import main
+    main()
+
+
+def evaluate() -> None:
+    """`grpose-eval [transfer] --config C --images DIR` (`make eval`, `make eval-transfer`)."""
+    from grpose.app.evaluate import main
+    main()
+
+
+def app() -> None:
+    """`grpose-app [--runs runs] [--port 8765]` (`make app`)."""
+    from grpose.app.__main__ import main
+    main()
+
+
+def demo() -> None:
+    """`grpose-demo [compare | compare-transfer] [--flags]` (`make demo`, `make compare`)."""
+    from grpose.demo import main
+    main()
