@@ -8,7 +8,7 @@ import warnings
 
 import lightning as L
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, SchedulerMixin
+from diffusers import DDPMScheduler, SchedulerMixin
 from torch import nn
 
 from grpose.data.batch import PoseBatch
@@ -23,7 +23,8 @@ from grpose.diffusion.draws import (check_timestep_sampling, sampling_seeds,
 from grpose.diffusion.guidance import ClassifierFreeGuidance, Guidance, StepHook
 from grpose.diffusion.losses import DiffusionStep, LossTerm, PoseWeightedMSE
 from grpose.diffusion.optim import adamw_with_schedule, check_schedule
-from grpose.diffusion.sampling import NEGATIVE_PROMPT, initial_latents, sample_latents
+from grpose.diffusion.sampling import (NEGATIVE_PROMPT, image_generators, initial_latents,
+                                       sample_latents)
 from grpose.diffusion.transfer import check_dropout, drop_conditions, source_condition
 from grpose.methods.base import PoseMethod
 from grpose.methods.weights import load_method_weights
@@ -44,15 +45,17 @@ class PoseDiffusionModule(L.LightningModule):
         text_encoder: the frozen text encoder (captions -> (B, L, D)).
         method: the pose method (`PoseMethod`); `attach(unet)` is called here.
         noise_scheduler: training noise schedule (diffusers `DDPMScheduler`).
-        sampler: DDIM scheduler for sampling (default: SD 1.5's schedule).
+        sampler: the sampling scheduler, any diffusers one (default: DDIM on SD 1.5's
+            schedule, `ddim_scheduler()`; e.g. `DPMSolverMultistepScheduler` with SD 1.5's
+            betas at 20-25 steps: `--model.init_args.sampler` class path + init_args).
         loss: the main loss term (default `PoseWeightedMSE(alpha=5)`).
         losses: extra loss terms (`LossTerm`, e.g. the pose perception loss), added with weights.
         lr: AdamW learning rate.
         trainable: parts that learn; ["method"] for pose methods, ["unet"] to train a base model.
         latent_scale: VAE latent scale (SD: 0.18215).
-        num_inference_steps: DDIM steps when sampling.
+        num_inference_steps: sampler steps when sampling.
         negative_prompt: the unconditional branch's prompt.
-        eta: DDIM's eta (0: deterministic).
+        eta: DDIM's eta (0: deterministic; other schedulers take none and need 0).
         seed: the sampling seed (each image's noise comes from it and the item id).
         guidance: the CFG branches and scales (default `ClassifierFreeGuidance(7.5)`; pose
             transfer: `InstructPix2PixGuidance` or `DisentangledGuidance`, over the source too).
@@ -92,7 +95,7 @@ class PoseDiffusionModule(L.LightningModule):
 
     def __init__(self, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module,
                  method: PoseMethod, noise_scheduler: DDPMScheduler,
-                 sampler: DDIMScheduler | None = None, loss: LossTerm | None = None,
+                 sampler: SchedulerMixin | None = None, loss: LossTerm | None = None,
                  losses: list[LossTerm] | None = None,
                  lr: float = 1e-5, weight_decay: float = 1e-2,
                  trainable: list[str] | None = None, latent_scale: float = SD15_LATENT_SCALE,
@@ -383,7 +386,8 @@ class PoseDiffusionModule(L.LightningModule):
                  num_inference_steps: int | None = None,
                  guidance: Guidance | None = None,
                  negative_prompt: str | None = None) -> torch.Tensor:
-        """Images `(B, 3, H, W)` in [-1, 1] for the batch's poses and captions (DDIM + CFG);
+        """Images `(B, 3, H, W)` in [-1, 1] for the batch's poses and captions (the sampler +
+        guidance; a stochastic sampler's step noise from each image's seed, as its latents);
         `scale`, `num_inference_steps`, `guidance` and `negative_prompt` override this call's
         settings (`conditioning_scale`, ...)."""
         hp = self.hparams
@@ -394,7 +398,8 @@ class PoseDiffusionModule(L.LightningModule):
         seeds = self.seeds_for(batch) if seeds is None else seeds
         cond = self.condition(batch)
         shape = (self.vae.config.latent_channels, *cond.fine_mask.shape[-2:])
-        latents = initial_latents(seeds, shape, self.device, batch.pose_image.dtype)
+        generators = image_generators(seeds)  # (latents, then step noise) per image
+        latents = initial_latents(seeds, shape, self.device, batch.pose_image.dtype, generators)
         with torch.no_grad():
             text = self.encode_text(batch.captions)
             negative = self.encode_text([negative_prompt] * len(batch))
@@ -404,7 +409,8 @@ class PoseDiffusionModule(L.LightningModule):
         latents = sample_latents(eps_fn, self.sampler, text, negative, cond, latents,
                                  guidance, steps, hp.eta,
                                  self.sampling_hooks, self.method.prepare, progress,
-                                 decode=lambda z: self.vae.decode(z / hp.latent_scale).sample)
+                                 decode=lambda z: self.vae.decode(z / hp.latent_scale).sample,
+                                 generator=generators)
         with torch.no_grad():
             return self.vae.decode(latents / hp.latent_scale).sample.clamp(-1, 1)
 
