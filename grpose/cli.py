@@ -27,7 +27,7 @@ from grpose.callbacks.images import GenerationWriter
 from grpose.callbacks.run import checkpoint_dir, last_checkpoint, predict_dir
 from grpose.data.io import DataError
 from grpose.diffusion.checkpoint import read_checkpoint
-from grpose.methods import METHODS, TRANSFER_METHODS
+from grpose.methods import ALL_METHODS
 
 PATH_ARGS = ("root", "image_root", "eval_list", "path", "weights", "checkpoint")  # inputs
 STAGES = ("train", "val", "test", "predict")
@@ -108,9 +108,8 @@ def check_config(config: dict) -> None:
 
 def method_path(name):
     """A registry name (`grpose_skeleton`) -> the method's class path; anything else unchanged."""
-    registry = {**METHODS, **TRANSFER_METHODS}
-    if isinstance(name, str) and name in registry:
-        return f"grpose.methods.{registry[name].__name__}"
+    if isinstance(name, str) and name in ALL_METHODS:
+        return f"grpose.methods.{ALL_METHODS[name].__name__}"
     return name
 
 

@@ -100,3 +100,14 @@ def test_quick_compare_transfer_end_to_end_and_reuse(tmp_path):
     before = {p: os.path.getmtime(p) for p in out.rglob("stage.json")}
     main(["compare-transfer", "--quick", "--out", str(out), "--seeds", "0,1"])
     assert before == {p: os.path.getmtime(p) for p in out.rglob("stage.json")}  # all reused
+
+
+def test_the_command_is_found_after_flags_and_unread_settings_are_not_offered(monkeypatch):
+    import grpose.demo as demo
+    seen = {}
+    monkeypatch.setattr("grpose.demo.transfer.run", lambda cfg: seen.setdefault("cfg", cfg))
+    demo.main(["--out", "somewhere", "compare-transfer", "--seeds", "1"])
+    assert seen["cfg"].out == "somewhere" and seen["cfg"].seeds == "1"  # not the pose demo
+    for flag in ("--kb-steps", "--timestep-sampling", "--num-tune"):
+        with pytest.raises(SystemExit):
+            demo.main(["compare-transfer", flag, "3"])

@@ -11,8 +11,8 @@ from grpose.data.io import DataError, read_json
 class LaionHumanDataset(PoseDataset):
     """LAION-Human (HumanSD release or GRPose-style lists) as `PoseSample`s.
 
-    Images are read from a local folder: fetching them from their URLs is out of scope
-    (`tools/index_laion_human.py` indexes a local folder into this format).
+    Images are read from a local folder: fetching them from their URLs is out of scope (the
+    mapping or list files name each image's path under `root`).
 
     Args:
         root: folder holding the mapping file and (by default) the pose files.

@@ -31,8 +31,10 @@ def main(argv=None) -> dict:
     """`python -m grpose.demo [compare | compare-transfer] [--flags]`: run the demo or a
     comparison."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["compare-transfer"]:
-        return compare_transfer(argv[1:])
+    if "compare-transfer" in argv:  # its own flags, wherever the command stands
+        rest = list(argv)
+        rest.remove("compare-transfer")
+        return compare_transfer(rest)
     p = argparse.ArgumentParser(prog="python -m grpose.demo", description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("command", nargs="?", choices=("demo", "compare", "compare-transfer"),
@@ -55,6 +57,10 @@ def main(argv=None) -> dict:
     return run(cfg, title)
 
 
+NOT_READ = ("kb_steps", "timestep_sampling", "num_tune")
+"""`DemoConfig` fields the pose-transfer comparison never reads (not offered as its flags)."""
+
+
 def compare_transfer(argv: list[str]) -> dict:
     """`python -m grpose.demo compare-transfer [--flags]` (`TransferConfig`'s fields)."""
     from grpose.demo.transfer import TransferConfig, parse as parse_transfer, run as run_transfer
@@ -62,6 +68,8 @@ def compare_transfer(argv: list[str]) -> dict:
                                 description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
     for field, value in asdict(TransferConfig()).items():
+        if field in NOT_READ:
+            continue
         kind = dict(action=argparse.BooleanOptionalAction) if isinstance(value, bool) else dict(
             type=type(value))
         p.add_argument(f"--{field.replace('_', '-')}", **kind, default=None,

@@ -23,16 +23,16 @@ METHODS: dict[str, type[PoseMethod]] = {
 }
 """Every pose method by its registry name (the name of its YAML under configs/method/). The
 pose-transfer methods, which need a source person, are apart: `TRANSFER_METHODS`."""
-CLASS_PATHS = {f"grpose.methods.{cls.__name__}": name
-               for name, cls in {**METHODS, **TRANSFER_METHODS}.items()}
+ALL_METHODS: dict[str, type[PoseMethod]] = {**METHODS, **TRANSFER_METHODS}
+"""Both registries in one: every method a config, a checkpoint or a bundle may name."""
+CLASS_PATHS = {f"grpose.methods.{cls.__name__}": name for name, cls in ALL_METHODS.items()}
 
 
 def method_class(name: str) -> type[PoseMethod]:
     """The method class registered as `name` (a pose or a pose-transfer method)."""
-    registry = {**METHODS, **TRANSFER_METHODS}
-    if name not in registry:
-        raise ValueError(f"unknown method {name!r}; registered: {sorted(registry)}")
-    return registry[name]
+    if name not in ALL_METHODS:
+        raise ValueError(f"unknown method {name!r}; registered: {sorted(ALL_METHODS)}")
+    return ALL_METHODS[name]
 
 
 def method_from_config(path: str, **overrides) -> PoseMethod:
@@ -50,7 +50,7 @@ def method_from_config(path: str, **overrides) -> PoseMethod:
     return method_class(name)(**{**(spec.get("init_args") or {}), **overrides})
 
 
-__all__ = ["METHODS", "TRANSFER_METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton",
+__all__ = ["ALL_METHODS", "METHODS", "TRANSFER_METHODS", "ControlNet", "GRPoseFeature", "GRPoseSkeleton",
            "HumanSD", "KBDMGen", "NoPose", "PoseMethod", "PoseOnly", "RePoseDM",
            "ReferenceAttention", "SourceUnaligned", "StablePose", "T2IAdapter",
            "UNetConditioning", "load_method", "load_method_weights", "method_class",

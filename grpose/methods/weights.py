@@ -22,12 +22,12 @@ FILE_SETTINGS = ("knowledge_base",)
 
 def registry_name(method: PoseMethod) -> str:
     """The name `method`'s class is registered under in `METHODS` or `TRANSFER_METHODS`."""
-    from grpose.methods import METHODS, TRANSFER_METHODS
-    registry = {**METHODS, **TRANSFER_METHODS}
-    for name, cls in registry.items():
+    from grpose.methods import ALL_METHODS
+    for name, cls in ALL_METHODS.items():
         if type(method) is cls:
             return name
-    raise ValueError(f"{type(method).__name__} is not a registered method ({sorted(registry)})")
+    raise ValueError(f"{type(method).__name__} is not a registered method "
+                     f"({sorted(ALL_METHODS)})")
 
 
 def save_method(method: PoseMethod, folder: str) -> None:
