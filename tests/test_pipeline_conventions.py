@@ -163,15 +163,18 @@ def test_the_scheduler_is_swappable_and_saved(bundle, people, tmp_path, one_thre
         pipe.scheduler = "ddim"
 
 
-@pytest.mark.skip(reason="the sampling loop (grpose.diffusion.sampling.sample_latents) passes "
-                  "eta to every scheduler's step; DPMSolverMultistepScheduler.step takes none "
-                  "(the loop that drives any diffusers scheduler is being written)")
 def test_a_dpm_solver_scheduler_samples(bundle, people, one_thread):
     pipe = PosePipeline.from_pretrained(bundle, detector=None)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
     out = pipe("a person", people, seed=3, output_type="np")
     assert np.isfinite(out.images).all() and out.info["scheduler"] == \
         "DPMSolverMultistepScheduler"
+    ddim = PosePipeline.from_pretrained(bundle, detector=None)
+    ddim.set_progress_bar_config(disable=True)
+    assert np.abs(out.images - ddim("a person", people, seed=3, output_type="np").images).max() > 0
+    again = pipe("a person", people, seed=3, output_type="np").images
+    assert np.array_equal(again, out.images)
 
 
 def test_bf16_samples_in_bf16_and_stays_close_to_fp32(bundle, pipe, people, one_thread):

@@ -15,7 +15,7 @@ from PIL import Image
 from grpose.data.batch import PoseBatch
 from grpose.diffusion.guidance import Guidance, SamplingStep, StepHook
 from grpose.diffusion.module import PoseDiffusionModule
-from grpose.diffusion.sampling import initial_latents, sample_latents
+from grpose.diffusion.sampling import image_generators, initial_latents, sample_latents
 from grpose.pose.decode import match_people
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -55,9 +55,10 @@ def check_count(name: str, value, low: int = 1) -> int:
 
 
 def initial_noise(count: int, shape: tuple[int, ...], device, dtype, seed: int | None = None,
-                  generator=None) -> tuple[torch.Tensor, list[int] | None, str]:
-    """The starting latents `(count, *shape)`, the per-image seeds (None with generators) and
-    where they came from ("seed", "generator" or "random").
+                  generator=None) -> tuple[torch.Tensor, list[int] | None, str, object]:
+    """The starting latents `(count, *shape)`, the per-image seeds (None with generators),
+    where they came from ("seed", "generator" or "random") and the generator(s) that go on to
+    give a stochastic scheduler its step noise (per-image ones from the seeds).
 
     Args:
         count: images in the batch.
@@ -74,7 +75,9 @@ def initial_noise(count: int, shape: tuple[int, ...], device, dtype, seed: int |
         origin = "seed" if seed is not None else "random"
         seed = secrets.randbelow(2**31) if seed is None else int(seed)
         seeds = [seed + k for k in range(count)]
-        return initial_latents(seeds, shape, device, dtype), seeds, origin
+        generators = image_generators(seeds)  # (latents, then step noise) per image
+        return (initial_latents(seeds, shape, device, dtype, generators), seeds, origin,
+                generators)
     generators = generator if isinstance(generator, (list, tuple)) else None
     if generators is not None and len(generators) != count:
         raise ValueError(f"generator: a list of {len(generators)} generators for {count} "
@@ -88,7 +91,7 @@ def initial_noise(count: int, shape: tuple[int, ...], device, dtype, seed: int |
     else:
         noise = torch.stack([torch.randn(shape, generator=g, device=g.device)
                              for g in generators])
-    return noise.to(device=device, dtype=dtype), None, "generator"
+    return noise.to(device=device, dtype=dtype), None, "generator", generator
 
 
 class StepCallback(StepHook):
@@ -119,10 +122,12 @@ class StepCallback(StepHook):
 
 def denoise(module: PoseDiffusionModule, batch: PoseBatch, latents: torch.Tensor,
             negatives: list[str], guidance: Guidance, steps: int, scale: float,
-            callback: Callable | None = None, pipe=None, progress: bool = False) -> torch.Tensor:
+            callback: Callable | None = None, pipe=None, progress: bool = False,
+            generator=None) -> torch.Tensor:
     """`PoseDiffusionModule.generate`'s sampling run on `batch` from `latents (B, 4, h, w)`,
     returning the final latents: the module's scheduler, method, hooks and eta; `negatives`
-    per image; `callback` (diffusers' `callback_on_step_end`) after every step."""
+    per image; `callback` (diffusers' `callback_on_step_end`) after every step; `generator`
+    (one or per image) gives a stochastic scheduler its step noise."""
     cond = module.condition(batch)
     with torch.no_grad():
         text = module.encode_text(batch.captions)  # (B, L, D)
@@ -140,7 +145,8 @@ def denoise(module: PoseDiffusionModule, batch: PoseBatch, latents: torch.Tensor
     latent_scale = module.hparams.latent_scale
     latents = sample_latents(eps_fn, module.sampler, text, negative, cond, latents, guidance,
                              steps, module.hparams.eta, hooks, module.method.prepare, progress,
-                             decode=lambda z: module.vae.decode(z / latent_scale).sample)
+                             decode=lambda z: module.vae.decode(z / latent_scale).sample,
+                             generator=generator)
     if hook is not None:
         hook.finish(latents)
     return latents

@@ -270,8 +270,8 @@ class PosePipeline(PretrainedMixin):
                          self.dtype)
         vae = self.module.vae
         shape = (vae.config.latent_channels, *self.module.latent_size(size))
-        latents, seeds, origin = initial_noise(len(batch), shape, self.device, self.dtype,
-                                               seed, generator)
+        latents, seeds, origin, generators = initial_noise(len(batch), shape, self.device,
+                                                           self.dtype, seed, generator)
         guidance = self.module.guidance
         if guidance_scale is not None or source_scale is not None:
             guidance = self.sampler.guidance(guidance_scale, source_scale)
@@ -279,7 +279,7 @@ class PosePipeline(PretrainedMixin):
         latents = denoise(self.module, batch, latents, [n for n in negatives
                                                         for _ in range(per_prompt)],
                           guidance, steps, scale, callback_on_step_end, self,
-                          not self.progress_bar_config.get("disable", False))
+                          not self.progress_bar_config.get("disable", False), generators)
         out = PosePipelineOutput(latents, people, to_pil(batch.pose_image[:1].float())[0], seeds)
         if output_type != "latent":
             decoded = vae.decode(latents / hp.latent_scale).sample.clamp(-1, 1)  # (N, 3, H, W)
