@@ -362,3 +362,9 @@ def main(args=None, run: bool = True) -> GRPoseCLI:
         message = str(e) if isinstance(e, ConfigError) else one_line(str(e))
         where = locate(message, given) if isinstance(e, ConfigError) and e.parsing else None
         raise SystemExit(f"error: {where + ': ' if where else ''}{message}") from None
+
+
+def run() -> None:
+    """The installed `grpose` command: `grpose fit | validate | test | predict --config ...`
+    (`python -m grpose`); returns None, so the exit status is 0 unless it fails."""
+    main()

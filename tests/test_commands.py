@@ -10,14 +10,16 @@ import sys
 
 import pytest
 
+from grpose import cli
 from grpose.app import commands
 
-COMMANDS = {"grpose": ("grpose", "{fit,validate,test,predict}"),
+COMMANDS = {"grpose": ("run", "{fit,validate,test,predict}"),
             "grpose-generate": ("generate", "--bundle BUNDLE"),
             "grpose-eval": ("evaluate", "--images IMAGES"),
             "grpose-app": ("app", "--max-resident"),
             "grpose-demo": ("demo", "--quick")}
 BIN = os.path.dirname(sys.executable)
+MODULES = {**dict.fromkeys(COMMANDS, commands), "grpose": cli}  # the CLI comes after the app
 
 
 def test_setup_cfg_declares_each_command():
@@ -25,7 +27,7 @@ def test_setup_cfg_declares_each_command():
     cfg.read("setup.cfg")
     scripts = dict(line.split(" = ") for line in
                    cfg["options.entry_points"]["console_scripts"].strip().splitlines())
-    assert scripts == {name: f"grpose.app.commands:{fn}" for name, (fn, _) in COMMANDS.items()}
+    assert scripts == {name: f"{MODULES[name].__name__}:{fn}" for name, (fn, _) in COMMANDS.items()}
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -33,14 +35,14 @@ def test_each_command_answers_help(name, monkeypatch, capsys):
     fn, expected = COMMANDS[name]
     monkeypatch.setattr(sys, "argv", [name, "--help"])
     with pytest.raises(SystemExit) as done:
-        getattr(commands, fn)()
+        getattr(MODULES[name], fn)()
     assert done.value.code in (0, None)
     out = capsys.readouterr().out
     assert "usage:" in out and expected in out
     installed = os.path.join(BIN, name)
     if os.path.isfile(installed):  # pip install -e . wrote it: it calls the entry point
         with open(installed) as f:
-            assert f"from grpose.app.commands import {fn}" in f.read()
+            assert f"from {MODULES[name].__name__} import {fn}" in f.read()
 
 
 def test_eval_transfer_answers_help(monkeypatch, capsys):

@@ -1,15 +1,7 @@
-"""The installed commands (setup.cfg `console_scripts`): `grpose` (the LightningCLI),
-`grpose-generate`, `grpose-eval`, `grpose-app` and `grpose-demo`; each returns None, so its
-exit status is 0 unless it fails (`SystemExit` with one line)."""
+"""The installed commands (setup.cfg `console_scripts`): `grpose-generate`, `grpose-eval`,
+`grpose-app` and `grpose-demo` (the `grpose` command, the LightningCLI, is `grpose.cli.run`);
+each returns None, so its exit status is 0 unless it fails (`SystemExit` with one line)."""
 from __future__ import annotations
-
-import importlib
-
-
-def grpose() -> None:
-    """`grpose fit | validate | predict ... --config ...`: the LightningCLI (`python -m grpose`).
-    The CLI sits after the app in the package order; the command only hands over to it."""
-    importlib.import_module("grpose.cli").main()
 
 
 def generate() -> None:

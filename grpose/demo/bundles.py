@@ -67,7 +67,9 @@ def write_model_bundle(folder: str, model: PoseDiffusionModule, vae_dir: str, un
     sampler = dataclasses.replace(sampler_settings(model),
                                   conditioning_scale=float(conditioning_scale))
     save_bundle(tmp, model, parts, render, name=name or os.path.basename(folder),
-                detector=detector, sampler=sampler, trained_unet=trained_unet)
+                detector=detector, sampler=sampler, trained_unet=trained_unet,
+                detector_knows=None if detector_checkpoint is None
+                else f"synthetic {render.height} px people")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder
