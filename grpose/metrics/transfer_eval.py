@@ -10,11 +10,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from grpose.data.io import DataError
 from grpose.data.pairs import collate_pair_samples
-from grpose.metrics.evaluate import generated_images, write_results
+from grpose.metrics.evaluate import GeneratedStream, none_found, write_results
 from grpose.metrics.image_quality import ImageQuality, InceptionV3Features
-from grpose.metrics.report import image_name, markdown_table
+from grpose.metrics.report import markdown_table
 from grpose.metrics.suite import GenerationMetrics, to_unit
 from grpose.metrics.transfer import (LPIPS, PSNR, SSIM, SSIM_VARIANTS, PartColourError,
                                      PersonSSIM, split_means)
@@ -47,7 +46,7 @@ def evaluate_transfer_folder(images: str, data: Dataset, real_data: Dataset | No
                              inception_weights: str | None = None,
                              lpips_weights: str | None = None, batch_size: int = 16,
                              real_limit: int | None = None, on_missing: str = "raise",
-                             split_by: str | None = "change") -> dict:
+                             split_by: str | None = "change", num_workers: int = 0) -> dict:
     """Metrics of the generated images in `images` (named `<id>.png`, resized to the target's
     size if they differ) for the pairs of `data`.
 
@@ -61,6 +60,8 @@ def evaluate_transfer_folder(images: str, data: Dataset, real_data: Dataset | No
     `split_by` names a meta field (the synthetic pairs' pose `change`: "flip", "large",
     "small") whose groups split the per-image metrics: `by_group[metric]` is `split_means`'s
     `{group: mean, "<group>/count": n}`, empty when the data has no such field.
+    Streamed: pairs and images are read batch by batch (`num_workers` loader workers), each
+    batch updates the metrics and is dropped, so memory does not grow with the number of pairs.
 
     Returns `{"metrics", "colour_error_per_part", "by_group", "empty_person_masks",
     "not_computed", "num_images", "missing"}`.
@@ -104,15 +105,10 @@ def evaluate_transfer_folder(images: str, data: Dataset, real_data: Dataset | No
     quality = (ImageQuality(fid_extractor, kid_subset_size=2)
                if "fid" not in not_computed else None)
 
-    found, missing = generated_images(images, data, on_missing)
     groups = {}  # image id -> group
-
-    if not found:
-        raise DataError(images, f"none of the {len(data)} pairs' generated images is here "
-                        f"(named <id>.png, e.g. {image_name(data[0].meta) if len(data) else '?'}"
-                        ".png)", "missing image")
-    for start in range(0, len(found), batch_size):
-        chunk = found[start:start + batch_size]
+    stream = GeneratedStream(images, data, on_missing, batch_size, num_workers)
+    start = 0  # pairs so far (an image's id without a meta index)
+    for _, chunk in stream:
         batch = collate_pair_samples([item for item, _ in chunk])
         generated = torch.stack([g for _, g in chunk])  # (B, 3, H, W) in [-1, 1]
         ids = [int(m.get("index", start + k)) for k, m in enumerate(batch.meta)]
@@ -132,9 +128,14 @@ def evaluate_transfer_folder(images: str, data: Dataset, real_data: Dataset | No
             pose.update(generated, batch.target_batch())
         if quality is not None:
             quality.update(fake, real=False, ids=ids)
+        start += len(chunk)
+        del batch, generated, fake, real, chunk
+    found = stream.found
+    if not found:
+        raise none_found(images, data, "pairs")
     out = {name: float(m.compute()) for name, m in {**metrics, **person}.items()}
     by_group = {}
-    if groups and len(groups) == len(found):
+    if groups and len(groups) == found:
         by_group = {name: split_means(m.per_image(), groups)
                     for name, m in {**metrics, **person}.items()}
     empty = person["person_ssim"].num_skipped() if person else 0
@@ -150,14 +151,14 @@ def evaluate_transfer_folder(images: str, data: Dataset, real_data: Dataset | No
         for real_images, real_ids in _real_images(real_data, real_limit, batch_size):
             quality.update(real_images, real=True, ids=real_ids)
             unique.update(real_ids)
-        if min(len(unique), len(found)) < 2:
+        if min(len(unique), found) < 2:
             not_computed["fid"] = (f"FID needs 2 or more images a side: {len(unique)} real, "
-                                   f"{len(found)} generated")
+                                   f"{found} generated")
         else:
             out["fid"] = float(quality.compute()["fid"])
     return {"metrics": out, "colour_error_per_part": per_part, "by_group": by_group,
-            "empty_person_masks": empty, "not_computed": not_computed, "num_images": len(found),
-            "missing": missing}
+            "empty_person_masks": empty, "not_computed": not_computed, "num_images": found,
+            "missing": stream.missing}
 
 
 def transfer_table(results: dict, name: str = "generated") -> str:
