@@ -72,11 +72,11 @@ train: install  ## fit a model: make train CONFIG="trainer base data method conf
 	  *) echo "make train: $$c not found" ;; esac; exit 1; fi; done
 	$(PY) -m grpose fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
 
-eval: install  ## score generated images: make eval IMAGES=dir EVAL_CONFIG="configs/eval/humanart.yaml [configs/eval/humanart_papers.yaml]" ARGS=...
-	$(VENV)/bin/grpose-eval $(foreach c,$(EVAL_CONFIG),--config $(c)) --images $(IMAGES) $(ARGS)
+eval: install  ## score generated images: make eval IMAGES=dir EVAL_CONFIG="configs/eval/humanart.yaml [configs/eval/humanart_papers.yaml]" [WORKERS=n] ARGS=...
+	$(VENV)/bin/grpose-eval $(foreach c,$(EVAL_CONFIG),--config $(c)) --images $(IMAGES) $(if $(WORKERS),--num_workers $(WORKERS)) $(ARGS)
 
-eval-transfer: install  ## score pose-transfer results: make eval-transfer IMAGES=dir TRANSFER_CONFIG=configs/eval/transfer_synthetic.yaml ARGS=...
-	$(VENV)/bin/grpose-eval transfer $(foreach c,$(TRANSFER_CONFIG),--config $(c)) --images $(IMAGES) $(ARGS)
+eval-transfer: install  ## score pose-transfer results: make eval-transfer IMAGES=dir TRANSFER_CONFIG=configs/eval/transfer_synthetic.yaml [WORKERS=n] ARGS=...
+	$(VENV)/bin/grpose-eval transfer $(foreach c,$(TRANSFER_CONFIG),--config $(c)) --images $(IMAGES) $(if $(WORKERS),--num_workers $(WORKERS)) $(ARGS)
 
 bench: install  ## training-step time of each method vs ControlNet (tiny shapes; ARGS="--memory" / "--shape sd15 ...")
 	$(PY) tools/bench_step.py $(ARGS)

@@ -15,7 +15,8 @@ import torch
 from jsonargparse import CLI
 
 from grpose.data.base import PoseDataset
-from grpose.metrics.evaluate import evaluate_folder, markdown_table, write_results
+from grpose.metrics.evaluate import (default_num_workers, evaluate_folder, markdown_table,
+                                     write_results)
 from grpose.pose.detector import PoseDetector
 
 
@@ -23,7 +24,7 @@ def main(images: str, data: PoseDataset, detector: PoseDetector | None = None,
          inception_weights: str | None = None, clip_weights: str | None = None,
          clip_arch: str = "ViT-B-16", legacy: bool = False, batch_size: int = 16,
          kid_subset_size: int = 200, on_missing: str = "raise", out: str = "runs/eval",
-         features: torch.nn.Module | None = None) -> dict:
+         features: torch.nn.Module | None = None, num_workers: int | None = None) -> dict:
     """Evaluate generated images.
 
     Args:
@@ -40,10 +41,13 @@ def main(images: str, data: PoseDataset, detector: PoseDetector | None = None,
         out: output folder for results.json and results.md.
         features: FID / KID features other than Inception's, images in [0, 1] (e.g.
             grpose.pose.PoseNetFeatures: the demo's pose network, offline).
+        num_workers: loader workers reading items and images (None: the cores less one, at
+            most 8; 0: the main process). Scoring streams batch by batch: memory stays flat.
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     results = evaluate_folder(images, data, detector, inception_weights, clip_weights, clip_arch,
-                              legacy, batch_size, kid_subset_size, on_missing, features)
+                              legacy, batch_size, kid_subset_size, on_missing, features,
+                              default_num_workers() if num_workers is None else num_workers)
     write_results(results, out)
     print(markdown_table(results), end="")
     print(f"{results['num_images']} images ({results['missing']} missing) -> {out}/results.json")

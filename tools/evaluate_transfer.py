@@ -17,6 +17,7 @@ from jsonargparse import CLI
 from torch import nn
 from torch.utils.data import Dataset
 
+from grpose.metrics.evaluate import default_num_workers
 from grpose.metrics.transfer_eval import (evaluate_transfer_folder, transfer_table,
                                           write_transfer_results)
 from grpose.pose.detector import PoseDetector
@@ -26,7 +27,7 @@ def main(images: str, data: Dataset, real_data: Dataset | None = None,
          detector: PoseDetector | None = None, fid_extractor: nn.Module | None = None,
          inception_weights: str | None = None, lpips_weights: str | None = None,
          batch_size: int = 16, real_limit: int | None = None, on_missing: str = "raise",
-         out: str = "runs/eval_transfer") -> dict:
+         out: str = "runs/eval_transfer", num_workers: int | None = None) -> dict:
     """Evaluate pose-transfer results.
 
     Args:
@@ -41,11 +42,14 @@ def main(images: str, data: Dataset, real_data: Dataset | None = None,
         real_limit: at most this many real images for FID (None: all).
         on_missing: "raise" at a missing generated image, or "skip" (counted, logged).
         out: output folder for results.json and results.md.
+        num_workers: loader workers reading pairs and images (None: the cores less one, at
+            most 8; 0: the main process). Scoring streams batch by batch: memory stays flat.
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     results = evaluate_transfer_folder(images, data, real_data, detector, fid_extractor,
                                        inception_weights, lpips_weights, batch_size, real_limit,
-                                       on_missing)
+                                       on_missing, num_workers=default_num_workers()
+                                       if num_workers is None else num_workers)
     write_transfer_results(results, out)
     print(transfer_table(results), end="")
     for name, why in results["not_computed"].items():

@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from grpose.data.base import PoseDataset
-from grpose.metrics.evaluate import evaluate_folder, markdown_table, write_results
+from grpose.metrics.evaluate import (default_num_workers, evaluate_folder, markdown_table,
+                                     write_results)
 from grpose.metrics.transfer_eval import (evaluate_transfer_folder, transfer_table,
                                           write_transfer_results)
 from grpose.pose.detector import PoseDetector
@@ -30,7 +31,7 @@ def evaluate(images: str, data: PoseDataset, detector: PoseDetector | None = Non
              inception_weights: str | None = None, clip_weights: str | None = None,
              clip_arch: str = "ViT-B-16", legacy: bool = False, batch_size: int = 16,
              kid_subset_size: int = 200, on_missing: str = "raise", out: str = "runs/eval",
-             features: torch.nn.Module | None = None) -> dict:
+             features: torch.nn.Module | None = None, num_workers: int | None = None) -> dict:
     """Evaluate generated images.
 
     Args:
@@ -47,10 +48,13 @@ def evaluate(images: str, data: PoseDataset, detector: PoseDetector | None = Non
         out: output folder for results.json and results.md.
         features: FID / KID features other than Inception's, images in [0, 1] (e.g.
             grpose.pose.PoseNetFeatures: the demo's pose network, offline).
+        num_workers: loader workers reading items and images (None: the cores less one, at
+            most 8; 0: the main process). Scoring streams batch by batch: memory stays flat.
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     results = evaluate_folder(images, data, detector, inception_weights, clip_weights, clip_arch,
-                              legacy, batch_size, kid_subset_size, on_missing, features)
+                              legacy, batch_size, kid_subset_size, on_missing, features,
+                              default_num_workers() if num_workers is None else num_workers)
     write_results(results, out)
     print(markdown_table(results), end="")
     print(f"{results['num_images']} images ({results['missing']} missing) -> {out}/results.json")
@@ -62,7 +66,8 @@ def evaluate_transfer(images: str, data: Dataset, real_data: Dataset | None = No
                       fid_extractor: nn.Module | None = None,
                       inception_weights: str | None = None, lpips_weights: str | None = None,
                       batch_size: int = 16, real_limit: int | None = None,
-                      on_missing: str = "raise", out: str = "runs/eval_transfer") -> dict:
+                      on_missing: str = "raise", out: str = "runs/eval_transfer",
+                      num_workers: int | None = None) -> dict:
     """Evaluate pose-transfer results.
 
     Args:
@@ -77,11 +82,14 @@ def evaluate_transfer(images: str, data: Dataset, real_data: Dataset | None = No
         real_limit: at most this many real images for FID (None: all).
         on_missing: "raise" at a missing generated image, or "skip" (counted, logged).
         out: output folder for results.json and results.md.
+        num_workers: loader workers reading pairs and images (None: the cores less one, at
+            most 8; 0: the main process). Scoring streams batch by batch: memory stays flat.
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     results = evaluate_transfer_folder(images, data, real_data, detector, fid_extractor,
                                        inception_weights, lpips_weights, batch_size, real_limit,
-                                       on_missing)
+                                       on_missing, num_workers=default_num_workers()
+                                       if num_workers is None else num_workers)
     write_transfer_results(results, out)
     print(transfer_table(results), end="")
     for name, why in results["not_computed"].items():
