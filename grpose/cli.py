@@ -13,18 +13,20 @@ that already holds checkpoints. `predict` writes beside the checkpoint's run, no
 from __future__ import annotations
 
 import glob
+import io
 import os
 import re
 import sys
 from typing import Optional
 
 import yaml
-from jsonargparse import ArgumentError, set_loader
-from jsonargparse._loaders_dumpers import get_loader, get_loader_exceptions, set_omegaconf_loader
+from jsonargparse import ArgumentError, get_loader, set_loader
 from lightning.pytorch.cli import LightningCLI
+from omegaconf import OmegaConf
 
 from grpose.callbacks.images import GenerationWriter
 from grpose.callbacks.run import checkpoint_dir, last_checkpoint, predict_dir
+from grpose.compat import argument_error_line
 from grpose.data.io import DataError
 from grpose.diffusion.checkpoint import read_checkpoint
 from grpose.methods import ALL_METHODS
@@ -32,8 +34,6 @@ from grpose.methods import ALL_METHODS
 PATH_ARGS = ("root", "image_root", "eval_list", "path", "weights", "checkpoint")  # inputs
 STAGES = ("train", "val", "test", "predict")
 SPECIAL_CKPT = ("best", "last", "hpc")  # Lightning's named checkpoints
-NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
-         "Given value type:", "Given value:", "Expected a <class 'NoneType'>")
 
 
 class ConfigError(ValueError):
@@ -43,37 +43,6 @@ class ConfigError(ValueError):
     def __init__(self, message: str, parsing: bool = False):
         super().__init__(message)
         self.parsing = parsing
-
-
-def one_line(message: str) -> str:
-    """jsonargparse's nested error message as one line: the field and its deepest problem."""
-    stack, leaves = [], []  # stack: (indent, kind, value) of the enclosing keys / class paths
-    for raw in message.splitlines():
-        text = raw.strip().lstrip("- ").strip()
-        if not text or text.startswith(NOISE):
-            continue
-        indent = len(raw) - len(raw.lstrip(" -"))
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        key = re.fullmatch(r'Parser key "(.+)":', text)
-        cls = re.fullmatch(r"Problem with given class_path '(.+)':", text)
-        if key or cls:
-            stack.append((indent, "key" if key else "class", (key or cls).group(1)))
-        else:
-            leaves.append((indent, [s[1:] for s in stack], text))
-    if not leaves or not leaves[0][1]:
-        return " ".join(message.split())
-    depth = max(leaf[0] for leaf in leaves)
-    path = next(leaf[1] for leaf in leaves if leaf[0] == depth)
-    problem = "; ".join(t for d, p, t in leaves if d == depth and p == path)
-    field = []
-    for k, (kind, value) in enumerate(path):
-        if kind == "key":
-            field.append(value)
-        elif k + 1 < len(path):
-            field.append("init_args")
-    where = ".".join(field) + (f" (class_path '{path[-1][1]}')" if path[-1][0] == "class" else "")
-    return f"{where}: {problem}"
 
 
 def _items(node, prefix: str):
@@ -129,14 +98,28 @@ def _registry_names_in(node):
     return node
 
 
-PARSER_MODE = "omegaconf_registry"  # omegaconf's loader (interpolation) + registry names
+PARSER_MODE = "omegaconf_registry"  # omegaconf's interpolation + registry names
+
+
+def load_config_text(text: str):
+    """A config file's or a command-line value's text as jsonargparse's `omegaconf` parser mode
+    reads it (YAML with `${...}` interpolation resolved), with every `method: <registry name>`
+    replaced by the method's class path.
+
+    Args:
+        text: the YAML text (a whole file, or one value such as `3` or `{a: 1}`).
+    """
+    plain = get_loader("yaml")(text)  # jsonargparse's YAML reading of scalars and strings
+    if plain is None or isinstance(plain, (str, int, float, bool)):
+        return plain
+    resolved = OmegaConf.to_object(OmegaConf.load(io.StringIO(text)))
+    if resolved == {text: None}:  # a bare word read as a mapping key: keep the plain reading
+        resolved = plain
+    return _registry_names_in(resolved)
 
 
 def _register_parser_mode() -> None:
-    set_omegaconf_loader()
-    omegaconf = get_loader("omegaconf")
-    set_loader(PARSER_MODE, lambda text: _registry_names_in(omegaconf(text)),
-               get_loader_exceptions("omegaconf"))
+    set_loader(PARSER_MODE, load_config_text, (yaml.YAMLError,))
 
 
 def config_files(args: list[str]) -> list[str]:
@@ -205,7 +188,7 @@ class GRPoseCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as e:
-            raise ConfigError(one_line(str(e)), parsing=True) from None
+            raise ConfigError(argument_error_line(str(e)), parsing=True) from None
         config = self._subconfig()
         ckpt = config.get("ckpt_path")
         if ckpt and ckpt not in SPECIAL_CKPT and not str(ckpt).startswith("registry") \
@@ -216,16 +199,20 @@ class GRPoseCLI(LightningCLI):
                 raise ConfigError(f"ckpt_path: {e}") from None
         if "weights_only" in config and config.get("weights_only") is None:
             config["weights_only"] = True
-
-    def _parse_ckpt_path(self) -> None:
-        """The model is built from the configs and the command line; `--ckpt_path` gives its
-        weights (and the trainer's state). Lightning would re-apply the hyper-parameters stored in
-        the checkpoint over them here, so a sampling setting given to `predict`
-        (`num_inference_steps`, `guidance`) or a moved SD folder would silently be the training
-        run's (Lightning-AI/pytorch-lightning#21455)."""
+        # The model is built from the configs and the command line; `--ckpt_path` gives its
+        # weights (and the trainer's state). LightningCLI would re-apply the hyper-parameters
+        # stored in the checkpoint over them between this hook and `before_instantiate_classes`,
+        # so a sampling setting given to `predict` (`num_inference_steps`, `guidance`) or a moved
+        # SD folder would silently be the training run's (Lightning-AI/pytorch-lightning#21455):
+        # the path is held back until then.
+        self._held_ckpt_path = config.get("ckpt_path")
+        if "ckpt_path" in config:
+            config["ckpt_path"] = None
 
     def before_instantiate_classes(self) -> None:
         config = self._subconfig()
+        if "ckpt_path" in config:
+            config["ckpt_path"] = self._held_ckpt_path
         check_config(config.as_dict())
         subcommand = self.config.get("subcommand")
         if config.get("run"):
@@ -359,7 +346,7 @@ def main(args=None, run: bool = True) -> GRPoseCLI:
             raise
         raise SystemExit(f"error: {line} ({SKIP_HINT})") from None
     except (ConfigError, ArgumentError) as e:  # ArgumentError: e.g. a checkpoint's hparams
-        message = str(e) if isinstance(e, ConfigError) else one_line(str(e))
+        message = str(e) if isinstance(e, ConfigError) else argument_error_line(str(e))
         where = locate(message, given) if isinstance(e, ConfigError) and e.parsing else None
         raise SystemExit(f"error: {where + ': ' if where else ''}{message}") from None
 

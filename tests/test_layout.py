@@ -5,8 +5,8 @@ from __future__ import annotations
 import ast
 import pathlib
 
-ORDER = ["data", "pose", "graph", "methods", "diffusion", "metrics", "pipeline", "callbacks",
-         "demo", "app", "cli", "__main__"]
+ORDER = ["compat", "data", "pose", "graph", "methods", "diffusion", "metrics", "pipeline",
+         "callbacks", "demo", "app", "cli", "__main__"]
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "grpose"
 
 

@@ -87,8 +87,8 @@ def test_short_run_on_a_small_set_validates_and_its_checkpoint_stays_in_its_epoc
     saved = torch.load(tmp_path / "tiny/main/checkpoints/last.ckpt", weights_only=False)
     assert saved["global_step"] == 3 and saved["epoch"] == 0
     bar = next(c for c in cli.trainer.callbacks if isinstance(c, RunProgressBar))
-    assert bar._get_train_description(0).strip() == "Epoch 0, step"  # was "Epoch 0/-2"
     task = bar.progress.tasks[bar.train_progress_bar_id]
+    assert task.description.strip() == "Epoch 0, step"  # Lightning's: "Epoch 0/-2"
     assert (task.completed, task.total) == (3, 3)
 
 

@@ -10,6 +10,8 @@ import threading
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from grpose.compat import last_saved_step, save_last_checkpoint
+
 LAST = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION  # last.ckpt
 
 
@@ -95,8 +97,8 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore_sigint()
-        if trainer.global_step != self._last_global_step_saved:  # e.g. max_epochs reached
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if trainer.global_step != last_saved_step(self):  # e.g. max_epochs reached
+            save_last_checkpoint(self, trainer)
         super().on_train_end(trainer, pl_module)
 
     # -- saving -----------------------------------------------------------------------------------
@@ -109,8 +111,8 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         stop = self._stopping(trainer)
         final = 0 < trainer.max_steps <= trainer.global_step
-        if (stop is not None or final) and trainer.global_step != self._last_global_step_saved:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if (stop is not None or final) and trainer.global_step != last_saved_step(self):
+            save_last_checkpoint(self, trainer)
         if stop is not None:
             self._report_stop(trainer, stop)
             self._restore_sigint()
@@ -125,8 +127,8 @@ class RunCheckpoint(ModelCheckpoint):
         self._restore_sigint()
         stop = self._stopping(trainer)
         if (isinstance(exception, SIGTERMException) or stop is not None) \
-                and trainer.global_step != self._last_global_step_saved and self.dirpath:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+                and trainer.global_step != last_saved_step(self) and self.dirpath:
+            save_last_checkpoint(self, trainer)
             self._report_stop(trainer, stop or signal.SIGTERM)
 
     def _report_stop(self, trainer, signum: int) -> None:
@@ -141,7 +143,14 @@ class RunProgressBar(RichProgressBar):
     step 12/30", resumed runs included; Lightning shows batches of the epoch and "Epoch 0/-2"),
     without the logger version."""
 
-    def _get_train_description(self, current_epoch: int) -> str:
+    def train_description(self, current_epoch: int) -> str:
+        """The training bar's label: "Epoch 0, step" when the run is bounded by `max_steps`
+        (the bar then counts the run's steps), "Epoch 0/9" by `max_epochs`, else "Epoch 0";
+        padded to the validation bar's label.
+
+        Args:
+            current_epoch: the epoch the bar shows.
+        """
         trainer = self.trainer
         if trainer.max_steps > 0:
             text = f"Epoch {current_epoch}, step"
@@ -152,11 +161,17 @@ class RunProgressBar(RichProgressBar):
         return f"{text:{len(self.validation_description)}}"
 
     def _count_steps(self, trainer) -> None:
-        if trainer.max_steps > 0 and self.progress is not None \
-                and self.train_progress_bar_id is not None:
-            self.progress.update(self.train_progress_bar_id, total=trainer.max_steps,
-                                 completed=trainer.global_step)
-            self.refresh()
+        """Our label and, bounded by `max_steps`, the run's steps on the training bar (after
+        Lightning has set up the bar with its own label and the epoch's batches)."""
+        if self.progress is None or self.train_progress_bar_id is None:
+            return
+        label = self.train_description(trainer.current_epoch)
+        style = self.theme.description
+        update = {"description": f"[{style}]{label}" if style else label}
+        if trainer.max_steps > 0:
+            update.update(total=trainer.max_steps, completed=trainer.global_step)
+        self.progress.update(self.train_progress_bar_id, **update)
+        self.refresh()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         super().on_train_epoch_start(trainer, pl_module)

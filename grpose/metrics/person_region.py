@@ -147,17 +147,26 @@ def masked_ssim_per_image(x: Tensor, y: Tensor, mask: Tensor, win_size: int = 11
     return masked_mean(s, m)
 
 
+def unit_channels(t: Tensor, eps: float = 1e-8) -> Tensor:
+    """Features divided by their norm over channels (LPIPS's normalisation), `(N, C, h, w)`.
+
+    Args:
+        t: `(N, C, h, w)` features.
+        eps: added to the squared norm.
+    """
+    return t / torch.sqrt(eps + torch.sum(t ** 2, dim=1, keepdim=True))
+
+
 def lpips_layer_maps(net: torch.nn.Module, x: Tensor, y: Tensor) -> list[Tensor]:
     """The spatial LPIPS distance of each layer, `[(N, 1, h_l, w_l)]`, of torchmetrics' /
     `lpips`' network `net` for images in [0, 1]: what its forward averages over positions (or,
     with `spatial`, upsamples) and sums over layers."""
-    from torchmetrics.functional.image.lpips import _normalize_tensor
     if getattr(net, "resize", None) is not None:
         raise ValueError("lpips_layer_maps: the LPIPS network must not resize its inputs")
     a, b = (net.scaling_layer(2 * t.float().clamp(0, 1) - 1) for t in (x, y))
     maps = []
     for lin, fa, fb in zip(net.lins, net.net(a), net.net(b)):
-        maps.append(lin((_normalize_tensor(fa) - _normalize_tensor(fb)) ** 2))  # (N, 1, h, w)
+        maps.append(lin((unit_channels(fa) - unit_channels(fb)) ** 2))  # (N, 1, h, w)
     return maps
 
 

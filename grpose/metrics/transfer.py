@@ -19,6 +19,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from grpose.data.io import read_state_dict, state_mismatch
 from grpose.metrics.image_quality import first_occurrences, ids_tensor
+from grpose.metrics.lpips_net import AlexLPIPS
 from grpose.metrics.person_region import (lpips_layer_maps, masked_mean, masked_ssim_per_image,
                                           split_means, ssim_map)
 
@@ -156,12 +157,11 @@ class PSNR(PerImageMean):
 
 
 def load_alexnet_lpips(backbone_weights: str) -> torch.nn.Module:
-    """torchmetrics' LPIPS network (its shipped `lpips` 0.1 AlexNet linear heads) with the AlexNet
-    backbone read from `backbone_weights`, a local torchvision `alexnet` state dict (`.pth`, e.g.
-    `alexnet-owt-7be5be79.pth`, or `.safetensors`; its `classifier.*` may be left out);
-    nothing is downloaded."""
+    """The LPIPS network (`AlexLPIPS`: the `lpips` 0.1 AlexNet linear heads torchmetrics ships)
+    with the AlexNet backbone read from `backbone_weights`, a local torchvision `alexnet` state
+    dict (`.pth`, e.g. `alexnet-owt-7be5be79.pth`, or `.safetensors`; its `classifier.*` may be
+    left out); nothing is downloaded."""
     import torchvision
-    from torchmetrics.functional.image.lpips import _NoTrainLpips
     state = {k: v for k, v in read_state_dict(backbone_weights).items()
              if not k.startswith("classifier.")}  # LPIPS uses the convolutional part only
     alexnet = torchvision.models.alexnet(weights=None)
@@ -171,7 +171,7 @@ def load_alexnet_lpips(backbone_weights: str) -> torch.nn.Module:
         raise ValueError(f"LPIPS backbone {backbone_weights}: not a torchvision AlexNet state "
                          f"dict ({problem})")
     alexnet.load_state_dict(state, strict=False)
-    net = _NoTrainLpips(pretrained=True, net="alex", pnet_rand=True)  # heads from torchmetrics
+    net = AlexLPIPS()  # the heads torchmetrics ships, a random backbone
     for block in (net.net.slice1, net.net.slice2, net.net.slice3, net.net.slice4, net.net.slice5):
         for name, layer in block.named_children():  # the slices keep AlexNet's layer indices
             layer.load_state_dict(alexnet.features[int(name)].state_dict())
