@@ -1,6 +1,6 @@
 """The GPU battery (`make gpu-check`): every CUDA test and GPU benchmark of grpose in one call,
 printing its progress and writing `gpu_check.json`, `gpu_check.md` (and the tests' junit XML)
-to `--out` (default `$OUT`, else runs/gpu_check).
+to `--out` (default runs/gpu_check; the environment variable `OUT` if set).
 
 Sections (`--sections`, default all, in this order):
   env     torch / CUDA / device, the versions of the packages grpose needs (absent ones named)
@@ -16,13 +16,13 @@ Sections (`--sections`, default all, in this order):
 Then a summary with the goals beside each figure. A section or method that fails is recorded
 with its error and the battery goes on; the exit status is 1 if anything failed.
 
-On a lent GPU (the device tool's `nvidia-h200`), after `make gpu-wheels` here, one `run`:
-    command: python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir
-             --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-             PYTHONUNBUFFERED=1 && set -o pipefail && python3 tools/gpu_check.py --out $OUT
-             2>&1 | tee $OUT/gpu_check.log
-    carry: [".whl"]      timeout_s: 600
-(one line; `make gpu-check PY=python3 ARGS="--out $OUT"` runs the same script).
+On a machine with a CUDA GPU, after `make install` (the project's venv):
+    make gpu-check ARGS="--out runs/gpu_check"     # = .venv/bin/python tools/gpu_check.py
+`--budget-s` (default 500) starts no section or step setting after that many seconds, so a run
+under a time limit still writes what it measured; `--sections` / `--methods` pick a part.
+`make gpu-wheels` downloads, into `.whl/`, the wheels of grpose's dependencies that a machine
+with Python 3.12 and torch but without a package index lacks (install them there with
+`pip install --no-index --no-deps .whl/*.whl`).
 CPU dry run, the same code paths at tiny shapes (tests/test_gpu_check.py runs it):
     python tools/gpu_check.py --device cpu --tiny --out /tmp/gpu_check
 """
@@ -265,8 +265,8 @@ def parse_args(argv=None):
     p.add_argument("--pytest-timeout", type=int, default=300)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--budget-s", type=float, default=500.0,
-                   help="no section or step setting starts after this many seconds (the\n"
-                        "device tool stops a command at 600 s; what ran is still written)")
+                   help="no section or step setting starts after this many seconds (what ran "
+                        "is still written: for runs under a time limit)")
     args = p.parse_args(argv)
     full = dict(dtype="bf16", batch=8, max_batches=[16, 32, 64], step_warmup=2, step_n=3,
                 compile_backend="inductor", sample_batch=4, sample_steps=50,
