@@ -179,3 +179,13 @@ def test_the_sampler_is_chosen_in_the_config(tmp_path, one_thread):
                 f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"], run=False)
     assert isinstance(cli.model.sampler, EulerDiscreteScheduler)
     assert cli.model.sampler.config.beta_schedule == "scaled_linear"
+
+
+def test_generate_takes_a_sampler_for_one_call(tiny_parts, tiny_batch, one_thread):
+    unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
+    m = PoseDiffusionModule(unet, vae, text, ControlNet((8, 16, 32)), noise_scheduler(),
+                            num_inference_steps=2).eval()
+    default = m.generate(tiny_batch)
+    assert torch.equal(m.generate(tiny_batch, sampler=ddim_scheduler()), default)
+    unipc = m.generate(tiny_batch, sampler=sd15_sampler("UniPCMultistepScheduler"))
+    assert (unipc - default).abs().max() > 1e-4 and isinstance(m.sampler, type(ddim_scheduler()))

@@ -385,11 +385,12 @@ class PoseDiffusionModule(L.LightningModule):
                  scale: float | None = None, progress: bool = False,
                  num_inference_steps: int | None = None,
                  guidance: Guidance | None = None,
-                 negative_prompt: str | None = None) -> torch.Tensor:
+                 negative_prompt: str | None = None,
+                 sampler: SchedulerMixin | None = None) -> torch.Tensor:
         """Images `(B, 3, H, W)` in [-1, 1] for the batch's poses and captions (the sampler +
         guidance; a stochastic sampler's step noise from each image's seed, as its latents);
-        `scale`, `num_inference_steps`, `guidance` and `negative_prompt` override this call's
-        settings (`conditioning_scale`, ...)."""
+        `scale`, `num_inference_steps`, `guidance`, `negative_prompt` and `sampler` (any
+        diffusers scheduler) override this call's settings (`conditioning_scale`, ...)."""
         hp = self.hparams
         scale = hp.conditioning_scale if scale is None else scale
         steps = hp.num_inference_steps if num_inference_steps is None else num_inference_steps
@@ -406,7 +407,8 @@ class PoseDiffusionModule(L.LightningModule):
 
         def eps_fn(x, t, states, c):
             return self.predict_eps(x, t, states, c, scale)
-        latents = sample_latents(eps_fn, self.sampler, text, negative, cond, latents,
+        sampler = self.sampler if sampler is None else sampler
+        latents = sample_latents(eps_fn, sampler, text, negative, cond, latents,
                                  guidance, steps, hp.eta,
                                  self.sampling_hooks, self.method.prepare, progress,
                                  decode=lambda z: self.vae.decode(z / hp.latent_scale).sample,
