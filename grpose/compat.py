@@ -5,6 +5,10 @@ the installed library, so an upgrade that changes them fails there, loudly, inst
 changing what grpose does.
 
 - jsonargparse: the text of its nested `ArgumentError` messages (`argument_error_line`).
+- numpy: the module that old pickles name for `_reconstruct` / `scalar` (`numpy_multiarray`):
+  `numpy._core.multiarray` from numpy 2, `numpy.core.multiarray` before.
+- open_clip: its vision-tower builder from a config (`build_vision_tower`): open_clip builds a
+  tower only inside a whole named model.
 - Lightning: `ModelCheckpoint`'s record of the step it saved last and its own `last.ckpt`
   writer (`last_saved_step`, `save_last_checkpoint`): saving through it keeps the callback's
   bookkeeping (no second checkpoint of the same step, `last_model_path`, links, versions).
@@ -77,3 +81,25 @@ def save_last_checkpoint(callback, trainer) -> None:
         trainer: the `Trainer` whose state is saved.
     """
     callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+def numpy_multiarray():
+    """numpy's `multiarray` module, where the `_reconstruct` / `scalar` that pickled arrays
+    name live (`numpy._core` from numpy 2, `numpy.core` before)."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    return multiarray
+
+
+def build_vision_tower(embed_dim: int, vision_cfg: dict, quick_gelu: bool = False):
+    """open_clip's image tower from a vision config (its `_build_vision_tower`).
+
+    Args:
+        embed_dim: the tower's output width.
+        vision_cfg: open_clip's `vision_cfg` dict of a model config.
+        quick_gelu: the QuickGELU activation (OpenAI's CLIP weights).
+    """
+    from open_clip.model import _build_vision_tower
+    return _build_vision_tower(embed_dim, vision_cfg, quick_gelu=quick_gelu)

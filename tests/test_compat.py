@@ -110,3 +110,22 @@ def test_save_last_checkpoint_without_save_last_writes_nothing(tmp_path):
                                  save_last=False)
     assert fit(tmp_path, checkpoint, 1, max_steps=1) == {0: 0, "ours": 0}
     assert files(tmp_path / "ckpt") == []
+
+
+def test_numpy_multiarray_has_what_pickled_arrays_name():
+    import pickle
+
+    import numpy as np
+
+    from grpose.compat import numpy_multiarray
+    m = numpy_multiarray()
+    assert callable(m._reconstruct) and callable(m.scalar)
+    data = pickle.dumps(np.arange(3), protocol=2)  # names multiarray._reconstruct
+    assert b"_reconstruct" in data
+
+
+def test_open_clip_builds_a_vision_tower_from_a_config():
+    from grpose.compat import build_vision_tower
+    cfg = dict(layers=1, width=32, head_width=16, patch_size=8, image_size=16)
+    tower = build_vision_tower(8, cfg)
+    assert tower(torch.zeros(1, 3, 16, 16)).shape == (1, 8)

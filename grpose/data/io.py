@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from grpose.compat import numpy_multiarray
 from grpose.data.skeletons import NUM_JOINTS
 
 
@@ -71,10 +72,7 @@ def check_people(people, source: str, min_people: int = 0, max_people: int | Non
     return arr
 
 
-try:
-    from numpy._core import multiarray as _multiarray
-except ImportError:  # numpy < 2
-    from numpy.core import multiarray as _multiarray
+_multiarray = numpy_multiarray()
 
 
 def _latin1_encode(text, encoding="latin1"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
 from torch import nn
 
@@ -20,6 +21,9 @@ class ConvIn(nn.Conv2d):
     and an input with the latent channels only is taken as extra channels all zero."""
 
     def __init__(self, conv: nn.Conv2d, extra_channels: int):
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"HumanSD widens a zero-padded conv_in, got padding_mode "
+                             f"{conv.padding_mode!r}")
         super().__init__(conv.in_channels + extra_channels, conv.out_channels, conv.kernel_size,
                          conv.stride, conv.padding, conv.dilation, conv.groups,
                          conv.bias is not None, conv.padding_mode,
@@ -36,10 +40,13 @@ class ConvIn(nn.Conv2d):
         if x.shape[1] not in (n, self.in_channels):
             raise ValueError(f"conv_in takes {n} or {self.in_channels} channels, got {x.shape[1]}")
         # one memory format for both inputs, so that both give the same bits
-        out = self._conv_forward(x[:, :n].contiguous(), self.weight[:, :n], self.bias)
+        out = self.conv(x[:, :n].contiguous(), self.weight[:, :n], self.bias)
         if x.shape[1] == n:
             return out
-        return out + self._conv_forward(x[:, n:], self.weight[:, n:], None)
+        return out + self.conv(x[:, n:], self.weight[:, n:], None)
+
+    def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class HumanSD(PoseMethod):

@@ -7,9 +7,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from open_clip.model import _build_vision_tower
 from torch import nn
 
+from grpose.compat import build_vision_tower
 from grpose.data.io import read_state_dict
 
 
@@ -37,8 +37,8 @@ class OpenCLIPImageEncoder(nn.Module):
         self.output_dim = embed_dim or model_cfg["embed_dim"]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.tower = _build_vision_tower(self.output_dim, cfg,
-                                             quick_gelu=model_cfg.get("quick_gelu", False))
+            self.tower = build_vision_tower(self.output_dim, cfg,
+                                            quick_gelu=model_cfg.get("quick_gelu", False))
         size = cfg["image_size"]
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         self.register_buffer("mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1),

@@ -139,10 +139,9 @@ def frozen_as_buffers(module: nn.Module) -> nn.Module:
     """`module` with every parameter turned into a buffer of the same name: it keeps its state
     dict and moves with `.to()`, but no optimizer (or `requires_grad_`) ever reaches it."""
     for sub in module.modules():
-        for name, p in list(sub._parameters.items()):
-            if p is not None:
-                del sub._parameters[name]
-                sub.register_buffer(name, p.detach())
+        for name, p in list(sub.named_parameters(recurse=False)):
+            delattr(sub, name)
+            sub.register_buffer(name, p.detach())
     return module.eval()
 
 
