@@ -98,13 +98,25 @@ def evaluate_transfer(images: str, data: Dataset, real_data: Dataset | None = No
     return results
 
 
+def cli(args: list[str] | None = None, prog: str = "grpose-eval") -> dict:
+    """`evaluate` from the command line (`make eval`): every parameter an option (`--images
+    DIR`), so a config gives `data` and the command line overrides its fields
+    (`--data.init_args.root=...`); returns the results."""
+    return CLI(evaluate, parser_mode="omegaconf", as_positional=False, args=args, prog=prog,
+               description="Score generated images (pose-transfer results: grpose-eval "
+               "transfer --help).")
+
+
+def transfer_cli(args: list[str] | None = None, prog: str = "grpose-eval transfer") -> dict:
+    """`evaluate_transfer` from the command line (`make eval-transfer`); returns the results."""
+    return CLI(evaluate_transfer, parser_mode="omegaconf", as_positional=False,
+               allow_abbrev=False, args=args, prog=prog)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`grpose-eval [transfer] --config ... --images DIR`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == [TRANSFER]:
-        CLI(evaluate_transfer, parser_mode="omegaconf", as_positional=False, allow_abbrev=False,
-            args=argv[1:], prog="grpose-eval transfer")
+        transfer_cli(argv[1:])
     else:
-        CLI(evaluate, parser_mode="omegaconf", as_positional=False, args=argv,
-            prog="grpose-eval", description="Score generated images (pose-transfer results: "
-            "grpose-eval transfer --help).")
+        cli(argv)
