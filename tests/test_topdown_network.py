@@ -197,3 +197,25 @@ def test_mmpose_simplebaselines_keys_map_onto_the_network(tmp_path, prefix):
         load_mmpose_checkpoint(wider, str(path))
     with pytest.raises(ValueError, match="not an mmpose SimpleBaselines"):
         map_mmpose_keys({"model.conv.weight": torch.zeros(1)})
+
+
+def test_generation_metrics_give_a_top_down_detector_the_true_boxes():
+    from grpose.data.batch import PoseBatch
+    from grpose.metrics.suite import GenerationMetrics
+    seen = {}
+
+    class Boxes:
+        takes_boxes = True
+
+        def __call__(self, images, boxes=None):
+            seen["boxes"] = boxes
+            return [{"keypoints": torch.zeros(0, 17, 3), "scores": torch.zeros(0)}
+                    for _ in images]
+    kp = torch.tensor([[[10.0, 20.0, 1.0]] * 17])
+    kp[0, 3] = torch.tensor([30.0, 40.0, 1.0])
+    batch = PoseBatch(image=torch.zeros(1, 3, 64, 64), pose_image=torch.zeros(1, 3, 64, 64),
+                      keypoints=kp[None], person_mask=torch.ones(1, 1, dtype=torch.bool),
+                      captions=[""], meta=[{"index": 0}])
+    metrics = GenerationMetrics(Boxes())
+    metrics.update(torch.zeros(1, 3, 64, 64), batch)
+    assert torch.equal(seen["boxes"][0], torch.tensor([[10.0, 20.0, 30.0, 40.0]]))

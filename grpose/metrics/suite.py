@@ -9,6 +9,7 @@ from grpose.metrics.clip_score import ClipScore
 from grpose.metrics.image_quality import ImageQuality
 from grpose.metrics.pose_accuracy import PoseAccuracy
 from grpose.pose.detector import PoseDetector
+from grpose.pose.topdown.geometry import keypoint_boxes
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -47,8 +48,12 @@ class GenerationMetrics(nn.Module):
         ids = [int(m["index"]) for m in batch.meta] if all(
             "index" in m for m in batch.meta) else None
         if self.pose is not None:
-            preds = self.detector(generated)
             targets = [batch.people(i) for i in range(len(batch))]
+            if getattr(self.detector, "takes_boxes", False):  # a top-down estimator: the
+                # ground-truth person boxes, as the papers' COCO protocol allows
+                preds = self.detector(generated, [keypoint_boxes(t) for t in targets])
+            else:
+                preds = self.detector(generated)
             self.pose.update(preds, targets, ids)
         if self.quality is not None:
             self.quality.update(to_unit(batch.image), real=True, ids=ids)

@@ -13,6 +13,7 @@ from grpose.pose.topdown.geometry import (box_to_center_size, crop_images, crop_
 
 class TopDownDetector(PoseDetector):
     """People per image from a top-down network, `{"keypoints": (P, 17, 3), "scores": (P,)}`.
+    `takes_boxes`: `GenerationMetrics` gives it the ground-truth person boxes.
 
     `detector(images, boxes=None)`: `boxes` (one `(P, 4)` xyxy or `(P, 5)` xyxy + score tensor
     per image, e.g. the ground truth's) or, without them, the boxes around the people that
@@ -89,6 +90,8 @@ class TopDownDetector(PoseDetector):
         score = boxes[:, 4] * (conf * good).sum(-1) / good.sum(-1).clamp(min=1)
         return [{"keypoints": k.to(images.device), "scores": s.to(images.device)}
                 for k, s in zip(people.split(counts), score.split(counts))]
+
+    takes_boxes = True
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, boxes=None) -> list[dict[str, torch.Tensor]]:
