@@ -16,7 +16,7 @@ POSE ?= docs/poses/example_openpose.json
 PROMPT ?= a person standing, one arm raised
 OUT ?= runs/generate
 
-.PHONY: docs help install lock demo compare compare-transfer compare-pose generate app test test-all test-gpu train eval eval-transfer bench bench-sample bench-detector gpu-wheels gpu-check clean
+.PHONY: train-configs docs help install lock demo compare compare-transfer compare-pose generate app test test-all test-gpu train eval eval-transfer bench bench-sample bench-detector gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -66,11 +66,13 @@ test-all: install  ## run every test, the slow end-to-end ones too
 test-gpu: install  ## run the CUDA tests (on a machine with a GPU)
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 
-train: install  ## fit a model: make train CONFIG="trainer base data method configs" ARGS=... (default: tiny GRPose on the demo's base, CPU)
+train: train-configs install  ## fit a model: make train CONFIG="trainer base data method configs" ARGS=... (default: tiny GRPose on the demo's base, CPU)
+	$(PY) -m grpose fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
+
+train-configs:  # make train's configs exist (checked before any install)
 	@for c in $(CONFIG); do if [ ! -f "$$c" ]; then case "$$c" in $(DEMO)/*) \
 	  echo "make train: $$c not found: run 'make demo' first (it trains the tiny base and writes the data that make train uses), or give CONFIG=\"...\"" ;; \
 	  *) echo "make train: $$c not found" ;; esac; exit 1; fi; done
-	$(PY) -m grpose fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
 
 eval: install  ## score generated images: make eval IMAGES=dir EVAL_CONFIG="configs/eval/humanart.yaml [configs/eval/humanart_papers.yaml]" [WORKERS=n] ARGS=...
 	$(VENV)/bin/grpose-eval $(foreach c,$(EVAL_CONFIG),--config $(c)) --images $(IMAGES) $(if $(WORKERS),--num_workers $(WORKERS)) $(ARGS)

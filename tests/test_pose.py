@@ -291,3 +291,15 @@ def test_degrade_blurs_and_adds_noise_only_when_asked():
     assert (blurred[:, :, 8, 8] < 1.0).all() and (blurred[:, :, 8, 9] > 0).all()
     noisy = degrade(images, 0.0, 1.5, 0.2)
     assert not torch.equal(noisy, images) and noisy.abs().max() <= 1.0
+
+
+def test_a_pose_checkpoint_naming_code_outside_grpose_is_refused(tmp_path):
+    import torch
+
+    from grpose.pose.detector import load_pose_checkpoint
+    path = tmp_path / "bad.ckpt"
+    torch.save({"hyper_parameters": {"network_config": {"class_path": "os.system",
+                                                        "init_args": {}}},
+                "state_dict": {}}, path)
+    with pytest.raises(ValueError, match="not a grpose class"):
+        load_pose_checkpoint(str(path))

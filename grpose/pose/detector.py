@@ -44,6 +44,9 @@ def load_pose_checkpoint(path: str) -> tuple[nn.Module, dict]:
         raise ValueError(f"{path}: no network_config in the checkpoint's hyper-parameters; "
                          "build the network yourself and pass NetworkDetector(network=...)")
     module_name, _, class_name = config["class_path"].rpartition(".")
+    if not module_name.startswith("grpose."):  # a checkpoint names code: only ours is imported
+        raise ValueError(f"{path}: network class {config['class_path']!r} is not a grpose class "
+                         "(a checkpoint may only name grpose's own networks)")
     cls = getattr(importlib.import_module(module_name), class_name)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ValueError(f"{path}: network class {config['class_path']} is not an nn.Module")
