@@ -136,3 +136,16 @@ def test_zero_people_allowed_when_configured(humanart_coco):
     batch = collate_pose_samples([s, ds[0]])
     assert batch.person_mask[0].sum() == 0 or batch.person_mask[1].sum() == 0
     assert np.isfinite(batch.keypoints.numpy()).all()
+
+
+def test_batches_move_with_to_and_keep_keypoints_float32():
+    import torch
+
+    from grpose.data.batch import PoseBatch
+    b = PoseBatch(image=torch.zeros(1, 3, 8, 8), pose_image=torch.zeros(1, 3, 8, 8),
+                  keypoints=torch.zeros(1, 1, 17, 3), person_mask=torch.ones(1, 1, dtype=bool),
+                  captions=[""], meta=[{}])
+    moved = b.to("cpu", torch.bfloat16)
+    assert moved.image.dtype == moved.pose_image.dtype == torch.bfloat16
+    assert moved.keypoints.dtype == torch.float32 and moved.person_mask.dtype == torch.bool
+    assert b.image.dtype == torch.float32  # a copy: the batch itself is unchanged

@@ -1,11 +1,23 @@
 """Typed samples and batches, and the collate that pads people."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
 from grpose.data.skeletons import NUM_JOINTS
+
+
+def batch_to(batch, device=None, dtype: torch.dtype | None = None):
+    """A copy of a batch dataclass with its tensors on `device` and its images (floating
+    tensors other than keypoints) in `dtype`; keypoints stay float32, masks stay bool."""
+    moved = {}
+    for f in fields(batch):
+        value = getattr(batch, f.name)
+        if isinstance(value, torch.Tensor):
+            cast = dtype if value.is_floating_point() and "keypoints" not in f.name else None
+            moved[f.name] = value.to(device=device, dtype=cast or value.dtype)
+    return replace(batch, **moved)
 
 
 @dataclass
@@ -36,6 +48,10 @@ class PoseBatch:
     def people(self, i: int) -> torch.Tensor:
         """The real people of item `i`: `(P_i, 17, 3)`."""
         return self.keypoints[i][self.person_mask[i]]
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> PoseBatch:
+        """The batch on `device`, its images in `dtype` (`batch_to`)."""
+        return batch_to(self, device, dtype)
 
 
 def collate_pose_samples(samples: list[PoseSample]) -> PoseBatch:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from grpose.data.batch import PoseBatch, PoseSample
+from grpose.data.batch import PoseBatch, PoseSample, batch_to
 from grpose.data.render import render_pose, to_model_range
 from grpose.data.skeletons import NUM_JOINTS
 from grpose.data.transforms import mark_outside_missing
@@ -67,6 +67,10 @@ class PairBatch:
     def people(self, i: int) -> torch.Tensor:
         """The real target people of item `i`: `(P_i, 17, 3)`."""
         return self.keypoints[i][self.person_mask[i]]
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> PairBatch:
+        """The batch on `device`, its images in `dtype` (`grpose.data.batch.batch_to`)."""
+        return batch_to(self, device, dtype)
 
     def source_people(self, i: int) -> torch.Tensor:
         """The real source people of item `i`: `(Ps_i, 17, 3)`."""

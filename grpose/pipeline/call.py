@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import fields
 
 import numpy as np
 import torch
@@ -167,16 +166,6 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """`(B, 3, H, W)` in [-1, 1] -> PIL images."""
     arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in arr]
-
-
-def batch_to(batch, device, dtype):
-    """A batch's tensors on `device`, its images in `dtype` (keypoints stay float32)."""
-    for f in fields(batch):
-        value = getattr(batch, f.name)
-        if isinstance(value, torch.Tensor):
-            cast = dtype if value.is_floating_point() and "keypoints" not in f.name else None
-            setattr(batch, f.name, value.to(device, cast or value.dtype))
-    return batch
 
 
 def pose_score(detected: dict[str, torch.Tensor], target: np.ndarray) -> float:

@@ -23,7 +23,7 @@ from grpose.diffusion.module import PoseDiffusionModule
 from grpose.methods import TRANSFER_METHODS
 from grpose.methods.weights import registry_name
 from grpose.pipeline.bundle import RenderSettings, SamplerSettings, sampler_settings
-from grpose.pipeline.call import (CALLBACK_INPUTS, OUTPUT_TYPES, batch_to, check_count, convert,
+from grpose.pipeline.call import (CALLBACK_INPUTS, OUTPUT_TYPES, check_count, convert,
                                   denoise, initial_noise, negative_list, pose_score, prompt_list,
                                   to_pil)
 from grpose.pipeline.detectors import FROM_BUNDLE, PhotoDetectorWarning, warn_photo
@@ -266,8 +266,7 @@ class PosePipeline(PretrainedMixin):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             if issubclass(w.category, PhotoDetectorWarning):
                 notes.append(str(w.message))
-        batch = batch_to(self.batch(prompts, people, per_prompt, source), self.device,
-                         self.dtype)
+        batch = self.batch(prompts, people, per_prompt, source).to(self.device, self.dtype)
         vae = self.module.vae
         shape = (vae.config.latent_channels, *self.module.latent_size(size))
         latents, seeds, origin, generators = initial_noise(len(batch), shape, self.device,
