@@ -103,8 +103,8 @@ def answers(means: dict, stds: dict, rows: list[str]) -> list[str]:
             ranked = sorted(designs, key=lambda r: means[r][key],
                             reverse=key.split("/")[0] in HIGHER)
             lead = compare(means, stds, ranked[0], ranked[1], key) if len(ranked) > 1 else None
-            lines.append(f"- {COLUMNS[key.split('/')[0]]} on the {group}-change pairs: "
-                         + " > ".join(f"{r} {means[r][key]:.4g}" for r in ranked)
+            lines.append(f"- {COLUMNS[key.split('/')[0]]} on the {group}-change pairs, best "
+                         "first: " + ", ".join(f"{r} {means[r][key]:.4g}" for r in ranked)
                          + (f" (first vs second: {lead[2]})" if lead else ""))
     return lines
 
