@@ -111,3 +111,20 @@ def test_the_command_is_found_after_flags_and_unread_settings_are_not_offered(mo
     for flag in ("--kb-steps", "--timestep-sampling", "--num-tune"):
         with pytest.raises(SystemExit):
             demo.main(["compare-transfer", flag, "3"])
+
+
+def test_the_keypoint_warp_row_beats_copying_the_source_on_the_person():
+    from grpose.data.pairs import collate_pair_samples
+    from grpose.data.synthetic_pairs import SyntheticPairs
+    from grpose.demo.transfer_scoring import reference_images
+    from grpose.metrics.transfer import masked_ssim_per_image, part_colour_errors
+    ds = SyntheticPairs(16, seed=3, split="validation", resolution=64, render_scale=0.35)
+    batch = collate_pair_samples([ds[i] for i in range(16)])
+    person, target = batch.target_parts.any(1, keepdim=True), (batch.image + 1) / 2
+    scores = {}
+    for row in (WARP, FLOOR, BACKGROUND):
+        images = (reference_images(row, {})(batch).clamp(-1, 1) + 1) / 2
+        scores[row] = (float(masked_ssim_per_image(images, target, person).nanmean()),
+                       float(part_colour_errors(images, target, batch.target_parts).nanmean()))
+    assert torch.equal(reference_images(BACKGROUND, {})(batch), batch.target_background)
+    assert scores[WARP][0] > scores[FLOOR][0] + 0.1 and scores[WARP][1] < scores[FLOOR][1] - 20
