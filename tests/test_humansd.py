@@ -13,7 +13,8 @@ from grpose.cli import main
 from grpose.diffusion import PoseDiffusionModule
 from grpose.diffusion.denoiser import predict_eps
 from grpose.diffusion.losses import DiffusionStep, HeatmapGuidedMSE
-from grpose.methods import HumanSD
+from grpose.methods import HumanSD, PoseMethod
+from grpose.methods.base import latent_input
 from grpose.methods.humansd import ConvIn
 
 T = torch.tensor([10, 400, 900])
@@ -49,6 +50,37 @@ def test_attach_widens_conv_in(tiny_parts, tiny_inputs, attached):
         HumanSD((8, 16, 32), pose_channels=3).attach(unet)
     with pytest.raises(ValueError, match="conditioning_channels"):
         predict_eps(unet, HumanSD((8, 16)), noisy, T, text, tiny_inputs[2])
+
+
+def test_every_attach_sees_the_plain_input_and_the_base_widens_once(tiny_parts, attached):
+    unet, _ = attached
+    wide = unet.conv_in
+    with latent_input(unet):  # what a method attached after HumanSD copies
+        assert type(unet.conv_in) is torch.nn.Conv2d and unet.config.in_channels == 4
+        assert torch.equal(unet.conv_in.weight, wide.weight[:, :4])
+        assert torch.equal(unet.conv_in.bias, wide.bias)
+    assert unet.conv_in is wide and unet.config.in_channels == 8
+    seen = []
+
+    class Probe(PoseMethod):
+        extra_input_channels = 2
+
+        def attach(self, unet):
+            seen.append((type(unet.conv_in), unet.config.in_channels))
+
+    class Child(Probe):
+        def attach(self, unet):
+            super().attach(unet)  # widened once, by the outer call, after both
+            seen.append((type(unet.conv_in), unet.config.in_channels))
+
+    with pytest.raises(ValueError, match="Probe: the UNet's conv_in already takes 8 channels"):
+        Probe().attach(unet)
+    assert seen == [(torch.nn.Conv2d, 4)] and unet.conv_in is wide
+    fresh = copy.deepcopy(tiny_parts[0])
+    Child().attach(fresh)
+    assert seen[1:] == [(torch.nn.Conv2d, 4)] * 2
+    assert isinstance(fresh.conv_in, ConvIn) and fresh.config.in_channels == 6
+    assert torch.equal(fresh.conv_in.weight[:, :4], tiny_parts[0].conv_in.weight)
 
 
 def make_step(unet, method, tiny_inputs) -> DiffusionStep:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grpose.diffusion import PoseDiffusionModule
-from grpose.diffusion.components import noise_scheduler
+from grpose.diffusion.components import noise_scheduler, seeded
 from grpose.diffusion.denoiser import predict_eps
 from grpose.methods import METHODS, method_from_config
 
@@ -36,6 +36,42 @@ def test_zero_init_leaves_the_unet_prediction_unchanged(tiny_parts, tiny_inputs,
     with torch.no_grad():
         plain = unet(noisy, T, encoder_hidden_states=text).sample
         assert torch.equal(predict_eps(unet, method, noisy, T, text, cond), plain)
+
+
+def build_on(unet, names) -> dict:
+    """The methods `names`, in that order, each built and attached to the one shared `unet`
+    with its random init seeded by its registry position (the same in any order)."""
+    methods = {}
+    for name in names:
+        with seeded(NAMES.index(name)):
+            methods[name] = build(name)
+            methods[name].attach(unet)
+    return methods
+
+
+def test_methods_sharing_one_unet_predict_alike_in_any_order(tiny_parts, tiny_inputs,
+                                                            perturb_zero_parameters):
+    noisy, text, cond = tiny_inputs
+    with torch.no_grad():
+        unwidened = tiny_parts[0](noisy, T, encoder_hidden_states=text).sample
+    trained = []
+    for names in (list(METHODS), list(METHODS)[::-1]):  # HumanSD (a wider conv_in) last, first
+        unet = copy.deepcopy(tiny_parts[0])
+        methods = build_on(unet, names)
+        assert unet.config.in_channels == 4 + methods["humansd"].extra_input_channels
+        with torch.no_grad():
+            plain = unet(noisy, T, encoder_hidden_states=text).sample  # no extra channels
+            torch.testing.assert_close(plain, unwidened, rtol=1e-5, atol=1e-6)
+            for name, method in methods.items():  # zero-init: the plain UNet's prediction
+                assert torch.equal(predict_eps(unet, method, noisy, T, text, cond), plain), name
+            for name in NAMES:
+                with seeded(100 + NAMES.index(name)):
+                    perturb_zero_parameters(methods[name])
+            trained.append({name: predict_eps(unet, methods[name], noisy, T, text, cond)
+                            for name in NAMES})
+    for name in NAMES:
+        assert not torch.equal(trained[0][name], plain) or name == "no_pose", name
+        assert torch.equal(trained[0][name], trained[1][name]), name
 
 
 def config_trainable(name: str) -> list[str] | None:

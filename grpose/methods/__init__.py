@@ -19,7 +19,7 @@ METHODS: dict[str, type[PoseMethod]] = {
     "stable_pose": StablePose,
     "kb_dmgen": KBDMGen,
     "t2i_adapter": T2IAdapter,
-    "humansd": HumanSD,  # last: its attach widens the UNet's conv_in (tools/bench_step shares one)
+    "humansd": HumanSD,
 }
 """Every pose method by its registry name (the name of its YAML under configs/method/). The
 pose-transfer methods, which need a source person, are apart: `TRANSFER_METHODS`."""

@@ -6,53 +6,20 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
-from torch import nn
 
 from grpose.data.condition import PoseCondition
-from grpose.methods.base import PoseMethod, UNetConditioning
+from grpose.methods.base import ConvIn, PoseMethod, UNetConditioning
 
-
-class ConvIn(nn.Conv2d):
-    """The UNet's `conv_in` widened to `latent_channels + k` inputs (one weight, so its state dict
-    is that of a plain conv with more input channels). It convolves the latent and the extra
-    channels separately and adds them: the same sum, but zero extra channels add exact zeros,
-    and an input with the latent channels only is taken as extra channels all zero."""
-
-    def __init__(self, conv: nn.Conv2d, extra_channels: int):
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"HumanSD widens a zero-padded conv_in, got padding_mode "
-                             f"{conv.padding_mode!r}")
-        super().__init__(conv.in_channels + extra_channels, conv.out_channels, conv.kernel_size,
-                         conv.stride, conv.padding, conv.dilation, conv.groups,
-                         conv.bias is not None, conv.padding_mode,
-                         device=conv.weight.device, dtype=conv.weight.dtype)
-        self.latent_channels = conv.in_channels
-        with torch.no_grad():
-            self.weight[:, :conv.in_channels].copy_(conv.weight)
-            if conv.bias is not None:
-                self.bias.copy_(conv.bias)
-        self.requires_grad_(conv.weight.requires_grad)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.latent_channels
-        if x.shape[1] not in (n, self.in_channels):
-            raise ValueError(f"conv_in takes {n} or {self.in_channels} channels, got {x.shape[1]}")
-        # one memory format for both inputs, so that both give the same bits
-        out = self.conv(x[:, :n].contiguous(), self.weight[:, :n], self.bias)
-        if x.shape[1] == n:
-            return out
-        return out + self.conv(x[:, n:], self.weight[:, n:], None)
-
-    def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+__all__ = ["ConvIn", "HumanSD"]  # ConvIn: the widened conv_in (grpose.methods.base)
 
 
 class HumanSD(PoseMethod):
     """HumanSD (Ju et al., ICCV 2023): the pose, encoded to the latent grid, concatenated to the
-    noisy latents at the UNet input; `attach` widens the UNet's `conv_in` (`ConvIn`) and sets
-    `unet.config.in_channels` to match.
+    noisy latents at the UNet input. It declares them (`extra_input_channels`, its
+    `pose_channels`); after `attach` the base class widens the UNet's `conv_in` for them
+    (`ConvIn`, `grpose.methods.base.widen_unet_input`) and sets `unet.config.in_channels` to
+    match, once however many methods share the UNet and in whatever order they are built.
 
     Pose encoder: HumanSD encodes the rendered pose with the frozen SD VAE (4 channels on the
     latent grid). Methods do not get the VAE, so a small conv encoder takes its place: diffusers'
@@ -81,15 +48,11 @@ class HumanSD(PoseMethod):
             "block_out_channels": tuple(conditioning_channels)}
         self.encoder = ControlNetConditioningEmbedding(pose_channels, 3, **kwargs)
 
-    def attach(self, unet: nn.Module) -> None:
-        conv = unet.conv_in
-        if isinstance(conv, ConvIn):  # already widened (a UNet shared by several methods)
-            if conv.in_channels != conv.latent_channels + self.pose_channels:
-                raise ValueError(f"HumanSD: the UNet's conv_in already takes {conv.in_channels} "
-                                 f"channels, not {conv.latent_channels} + {self.pose_channels}")
-            return
-        unet.conv_in = ConvIn(conv, self.pose_channels)
-        unet.register_to_config(in_channels=unet.conv_in.in_channels)
+    @property
+    def extra_input_channels(self) -> int:
+        """The pose channels concatenated to the noisy latents (the UNet's `conv_in` is widened
+        for them)."""
+        return self.pose_channels
 
     def prepare(self, cond: PoseCondition) -> PoseCondition:
         pose = ((cond.pose_image + 1) / 2).to(self.encoder.conv_in.weight.dtype)  # [0, 1]
