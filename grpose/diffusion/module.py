@@ -1,11 +1,6 @@
 """`PoseDiffusionModule`: a frozen latent diffusion model, a trainable pose method, the losses."""
 from __future__ import annotations
 
-import inspect
-import logging
-import os
-import warnings
-
 import lightning as L
 import torch
 from diffusers import DDPMScheduler, SchedulerMixin
@@ -13,30 +8,26 @@ from torch import nn
 
 from grpose.data.batch import PoseBatch
 from grpose.data.condition import PoseCondition
-from grpose.data.io import state_mismatch
 from grpose.diffusion.cache import EncodingCache
-from grpose.diffusion.checkpoint import read_checkpoint
 from grpose.diffusion.components import SD15_LATENT_SCALE, ddim_scheduler, vae_downsampling
 from grpose.diffusion.denoiser import predict_eps
-from grpose.diffusion.draws import (check_timestep_sampling, sampling_seeds,
-                                   timesteps_from_uniform, training_draws)
+from grpose.diffusion.draws import check_timestep_sampling, timesteps_from_uniform, training_draws
+from grpose.diffusion.generation import Generation, SamplingSettings
 from grpose.diffusion.guidance import ClassifierFreeGuidance, Guidance, StepHook
 from grpose.diffusion.losses import DiffusionStep, LossTerm, PoseWeightedMSE
+from grpose.diffusion.nonfinite import ON_NONFINITE, NonFiniteGuard, check_on_nonfinite
 from grpose.diffusion.optim import adamw_with_schedule, check_schedule
-from grpose.diffusion.sampling import (NEGATIVE_PROMPT, image_generators, initial_latents,
-                                       sample_latents)
+from grpose.diffusion.persistence import NOT_CHECKPOINTED, CheckpointedModel
+from grpose.diffusion.sampling import NEGATIVE_PROMPT
 from grpose.diffusion.transfer import check_dropout, drop_conditions, source_condition
 from grpose.methods.base import PoseMethod
 from grpose.methods.weights import load_method_weights
 
-log = logging.getLogger(__name__)
-
 FROZEN = ("unet", "vae", "text_encoder")
-ON_NONFINITE = ("raise", "skip")
-NOT_CHECKPOINTED = ("loss.", "losses.", "val_metrics.")  # frozen networks that come from the config
+__all__ = ["FROZEN", "NOT_CHECKPOINTED", "ON_NONFINITE", "PoseDiffusionModule", "SamplingSettings"]
 
 
-class PoseDiffusionModule(L.LightningModule):
+class PoseDiffusionModule(CheckpointedModel, NonFiniteGuard, Generation, L.LightningModule):
     """Latent diffusion with injected parts; only the method (or the parts in `trainable`) learns.
 
     Args:
@@ -85,6 +76,13 @@ class PoseDiffusionModule(L.LightningModule):
         source_dropout: the same for the source person of pose-transfer batches, drawn
             independently of the pose (for the guidance over the source).
 
+    The module is assembled from parts with their own files: sampling (`generate`,
+    `predict_step`, `sampling_settings`, a `SamplingSettings` of the plain sampling arguments) in
+    `grpose.diffusion.generation.Generation`; what a NaN / Inf loss does in
+    `grpose.diffusion.nonfinite.NonFiniteGuard`; hparams and checkpoints in
+    `grpose.diffusion.persistence.CheckpointedModel`. A method's extra UNet input channels are
+    added by the method's `attach` (`PoseMethod.extra_input_channels`).
+
     Pose-transfer batches (`grpose.data.pairs.PairBatch`) give the condition a source person
     (`PoseCondition.with_source`); everything else reads their target side.
 
@@ -109,7 +107,7 @@ class PoseDiffusionModule(L.LightningModule):
                  lr_warmup_steps: int = 0, lr_decay: str = "constant", cache_frozen: bool = False,
                  pose_dropout: float = 0.0, source_dropout: float = 0.0):
         super().__init__()
-        self._save_hparams()
+        self.save_init_hparams()
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.method = method
         self.method.attach(unet)
@@ -124,12 +122,11 @@ class PoseDiffusionModule(L.LightningModule):
         self.val_metrics = val_metrics
         self.trainable = list(trainable or ["method"])
         check_timestep_sampling(timestep_sampling)
-        if on_nonfinite not in ON_NONFINITE:
-            raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+        check_on_nonfinite(on_nonfinite)
         check_schedule(lr_warmup_steps, lr_decay)
         check_dropout("pose_dropout", pose_dropout)
         check_dropout("source_dropout", source_dropout)
-        self.skipped_nonfinite, self._skip_step = 0, False
+        self.skipped_nonfinite, self.skip_step = 0, False
         unknown = set(self.trainable) - {"method", *FROZEN}
         if unknown:
             raise ValueError(f"trainable: unknown parts {sorted(unknown)}")
@@ -147,19 +144,6 @@ class PoseDiffusionModule(L.LightningModule):
         self.register_buffer("alphas_cumprod", noise_scheduler.alphas_cumprod.clone().float(),
                              persistent=False)
 
-    def _save_hparams(self) -> None:
-        # Built by LightningCLI, the hparams hold each part's config, which `load_from_checkpoint`
-        # rebuilds. Built in Python, they would hold the objects themselves, which a checkpoint
-        # must not pickle: those are dropped, and are passed to `load_from_checkpoint` instead.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
-            self.save_hyperparameters(logger=False, frame=inspect.currentframe().f_back)
-        for key, value in list(self.hparams.items()):
-            values = value if isinstance(value, (list, tuple)) else [value]
-            if any(isinstance(v, (nn.Module, SchedulerMixin, Guidance, StepHook))
-                   for v in values):
-                del self.hparams[key]
-
     # -- frozen parts stay frozen -------------------------------------------------------------
     def train(self, mode: bool = True):
         super().train(mode)
@@ -168,49 +152,6 @@ class PoseDiffusionModule(L.LightningModule):
         self.loss.eval()
         self.losses.eval()
         return self
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["skipped_nonfinite"] = self.skipped_nonfinite
-        if not self.hparams.checkpoint_frozen:
-            prefixes = tuple(f"{n}." for n in self.frozen)
-            state = checkpoint["state_dict"]
-            for key in [k for k in state if k.startswith(prefixes + NOT_CHECKPOINTED)]:
-                del state[key]
-
-    def _complete(self, state: dict) -> dict:
-        """A checkpoint's state dict in place: old `adapter.*` names renamed, the frozen parts
-        left out of it taken from the config that built this module."""
-        for key in [k for k in state if k.startswith("adapter.")]:  # before methods/ existed
-            state["method." + key.removeprefix("adapter.")] = state.pop(key)
-        prefixes = tuple(f"{n}." for n in self.frozen) + NOT_CHECKPOINTED
-        for key, value in self.state_dict().items():
-            if key.startswith(prefixes):
-                state.setdefault(key, value)
-        return state
-
-    def checkpoint_mismatch(self, checkpoint: dict) -> str:
-        """'' if a Lightning checkpoint holds this model's weights, else what differs (another
-        method's checkpoint: missing / unexpected / misshapen tensors, a few of each)."""
-        state = self._complete(dict(checkpoint["state_dict"]))
-        return state_mismatch(state, self.state_dict())
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.skipped_nonfinite = checkpoint.get("skipped_nonfinite", 0)
-        mismatch = self.checkpoint_mismatch(checkpoint)
-        if mismatch:
-            raise ValueError(f"checkpoint of another model (this one's method: "
-                             f"{type(self.method).__name__}): {mismatch}")
-        self._complete(checkpoint["state_dict"])
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, *args, weights_only: bool | None = True,
-                             **kwargs):
-        """Lightning's `load_from_checkpoint`, weights only by default; a missing, truncated or
-        corrupt file raises an error naming it and the problem."""
-        if isinstance(checkpoint_path, (str, os.PathLike)) and "://" not in str(checkpoint_path):
-            read_checkpoint(checkpoint_path)
-        return super().load_from_checkpoint(checkpoint_path, *args, weights_only=weights_only,
-                                            **kwargs)
 
     def check_data(self, datamodule) -> None:
         """Raise a ValueError naming the dataset whose resolution is not a multiple of the VAE's
@@ -325,42 +266,14 @@ class PoseDiffusionModule(L.LightningModule):
 
     def training_step(self, batch: PoseBatch, batch_idx: int) -> torch.Tensor:
         loss, logs, values = self.terms_step(batch)
-        finite = torch.stack([torch.isfinite(v.detach()).all() for v in values.values()]).tolist()
-        self._skip_step = self.trainer.strategy.reduce_boolean_decision(not all(finite), all=False)
-        if self._skip_step:
-            self._nonfinite(batch, values, finite)
-            # Lightning refuses `None` under DDP: a zero loss gives every trainable parameter a
-            # zero gradient (so DDP reduces as usual), dropped in `on_before_optimizer_step`.
-            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        if self.skip_nonfinite(batch, values):  # raises with on_nonfinite="raise"
+            return self.zero_loss()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=len(batch))
         self.log_dict({f"train/method/{k}": v for k, v in self.method.training_logs().items()},
                       batch_size=len(batch))
         self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=len(batch))
         return loss
-
-    def _nonfinite(self, batch: PoseBatch, values: dict, finite: list[bool]) -> None:
-        """Raise, or count and log the skipped batch (`on_nonfinite`)."""
-        ids = [m.get("id", i) for i, m in enumerate(batch.meta)]
-        bad = [f"{name} = {v.detach().float().sum().item()}"
-               for (name, v), ok in zip(values.items(), finite) if not ok]
-        message = f"non-finite loss at step {self.global_step}: " + (
-            f"{'; '.join(bad)}; batch ids {ids}" if bad else "in another process")
-        images = torch.cat([batch.image, batch.pose_image], 1).flatten(1)  # (B, 6 H W)
-        broken = [ids[i] for i in (~torch.isfinite(images).all(1)).nonzero()[:, 0].tolist()]
-        if bad and broken:
-            message += f"; non-finite images in {broken}"
-        if self.hparams.on_nonfinite == "raise":
-            raise FloatingPointError(f"{message} (on_nonfinite='skip' skips such batches)")
-        self.skipped_nonfinite += 1
-        log.warning("skipped batch (%d so far): %s", self.skipped_nonfinite, message)
-        self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=len(batch))
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        # Without gradients AdamW leaves the parameters and its moments alone: no step. (With
-        # gradient accumulation a skipped batch only adds nothing to its window's gradient.)
-        if self._skip_step and self.trainer.accumulate_grad_batches == 1:
-            optimizer.zero_grad(set_to_none=True)
 
     def validation_step(self, batch: PoseBatch, batch_idx: int) -> None:
         loss, _ = self.diffusion_step(batch)
@@ -375,47 +288,3 @@ class PoseDiffusionModule(L.LightningModule):
         results = self.val_metrics.compute()  # synced across processes by torchmetrics
         self.log_dict({f"val/{k}": v for k, v in results.items()}, rank_zero_only=True)
         self.val_metrics.reset()
-
-    # -- sampling -----------------------------------------------------------------------------
-    def seeds_for(self, batch: PoseBatch) -> list[int]:
-        """One seed per item from `seed` and the item's id: reproducible in any batch or process."""
-        return sampling_seeds(batch.meta, self.hparams.seed)
-
-    def generate(self, batch: PoseBatch, seeds: list[int] | None = None,
-                 scale: float | None = None, progress: bool = False,
-                 num_inference_steps: int | None = None,
-                 guidance: Guidance | None = None,
-                 negative_prompt: str | None = None,
-                 sampler: SchedulerMixin | None = None) -> torch.Tensor:
-        """Images `(B, 3, H, W)` in [-1, 1] for the batch's poses and captions (the sampler +
-        guidance; a stochastic sampler's step noise from each image's seed, as its latents);
-        `scale`, `num_inference_steps`, `guidance`, `negative_prompt` and `sampler` (any
-        diffusers scheduler) override this call's settings (`conditioning_scale`, ...)."""
-        hp = self.hparams
-        scale = hp.conditioning_scale if scale is None else scale
-        steps = hp.num_inference_steps if num_inference_steps is None else num_inference_steps
-        guidance = self.guidance if guidance is None else guidance
-        negative_prompt = hp.negative_prompt if negative_prompt is None else negative_prompt
-        seeds = self.seeds_for(batch) if seeds is None else seeds
-        cond = self.condition(batch)
-        shape = (self.vae.config.latent_channels, *cond.fine_mask.shape[-2:])
-        generators = image_generators(seeds)  # (latents, then step noise) per image
-        latents = initial_latents(seeds, shape, self.device, batch.pose_image.dtype, generators)
-        with torch.no_grad():
-            text = self.encode_text(batch.captions)
-            negative = self.encode_text([negative_prompt] * len(batch))
-
-        def eps_fn(x, t, states, c):
-            return self.predict_eps(x, t, states, c, scale)
-        sampler = self.sampler if sampler is None else sampler
-        latents = sample_latents(eps_fn, sampler, text, negative, cond, latents,
-                                 guidance, steps, hp.eta,
-                                 self.sampling_hooks, self.method.prepare, progress,
-                                 decode=lambda z: self.vae.decode(z / hp.latent_scale).sample,
-                                 generator=generators)
-        with torch.no_grad():
-            return self.vae.decode(latents / hp.latent_scale).sample.clamp(-1, 1)
-
-    def predict_step(self, batch: PoseBatch, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        seeds = self.seeds_for(batch)
-        return {"images": self.generate(batch, seeds), "batch": batch, "seeds": seeds}
