@@ -49,7 +49,7 @@ compare-transfer: install  ## pose transfer: every transfer method (+ RePoseDM g
 	$(VENV)/bin/grpose-demo compare-transfer $(ARGS)
 
 compare-pose: install  ## RMPG's claim: top-down baseline / + RMPG / + supervised RMPG, bottom-up with / without, 3 seeds (CPU, ~30 min on one core)
-	$(PY) tools/compare_pose.py $(ARGS)
+	$(PY) tools/experiments/compare_pose.py $(ARGS)
 
 generate: install  ## images for your own pose: make generate POSE=pose.json|photo.png PROMPT="..." [SOURCE=photo.png for a pose-transfer bundle; BUNDLE=... OUT=... ARGS=...]
 	$(VENV)/bin/grpose-generate --bundle $(BUNDLE) --pose "$(POSE)" --prompt "$(PROMPT)" --out $(OUT) $(if $(SOURCE),--source "$(SOURCE)") $(ARGS)
@@ -81,19 +81,19 @@ eval-transfer: install  ## score pose-transfer results: make eval-transfer IMAGE
 	$(VENV)/bin/grpose-eval transfer $(foreach c,$(TRANSFER_CONFIG),--config $(c)) --images $(IMAGES) $(if $(WORKERS),--num_workers $(WORKERS)) $(ARGS)
 
 bench: install  ## training-step time of each method vs ControlNet (tiny shapes; ARGS="--memory" / "--shape sd15 ...")
-	$(PY) tools/bench_step.py $(ARGS)
+	$(PY) tools/benchmarks/bench_step.py $(ARGS)
 
 bench-sample: install  ## sampling time per image of each method vs ControlNet, RePoseDM's cost, T2I features once (ARGS="--shape sd15 ...")
-	$(PY) tools/bench_sample.py $(ARGS)
+	$(PY) tools/benchmarks/bench_sample.py $(ARGS)
 
 bench-detector: install  ## the papers' detector: images/s, make eval per 100 images, perception step (ARGS="detector|eval|perception ...")
-	$(PY) tools/bench_detector.py $(or $(ARGS),detector)
+	$(PY) tools/benchmarks/bench_detector.py $(or $(ARGS),detector)
 
 gpu-wheels: install  ## download into .whl/ the wheels the lent GPU machine lacks (Python 3.12; ARGS=--no-dgl)
-	$(PY) tools/gpu_wheels.py $(ARGS)
+	$(PY) tools/gpu/gpu_wheels.py $(ARGS)
 
 gpu-check:  ## the GPU battery: CUDA tests + step / sampling / eval benchmarks -> gpu_check.{json,md} (ARGS="--out DIR", "--device cpu --tiny")
-	$(PY) tools/gpu_check.py $(ARGS)
+	$(PY) tools/gpu/gpu_check.py $(ARGS)
 
 docs: install  ## build the documentation site (MkDocs + API reference from the docstrings) into build/site; warnings are errors
 	$(PY) -m mkdocs build --strict --quiet

@@ -207,7 +207,7 @@ def mmpose_higherhrnet(tmp_path_factory):
     """`(path, state_dict)`: a seeded random HigherHRNet-W48 saved as mmpose 0.x saves a
     checkpoint (`{"meta", "state_dict", "optimizer"}`, a numpy scalar in the metadata)."""
     from grpose.pose.higherhrnet import HigherHRNet
-    from tools.bench_detector import tame_higherhrnet
+    from tools.benchmarks.bench_detector import tame_higherhrnet
     with torch.random.fork_rng():
         torch.manual_seed(22)
         net = tame_higherhrnet(HigherHRNet().eval())

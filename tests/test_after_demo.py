@@ -15,7 +15,7 @@ from grpose.demo.models import base_stage
 from grpose.demo.stages import data_stage, pose_stage, vae_stage
 from grpose.demo.train_configs import write_train_configs
 from grpose.metrics.report import image_name
-from tools.evaluate import cli as evaluate
+from tools.commands.evaluate import cli as evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

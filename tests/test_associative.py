@@ -154,7 +154,7 @@ def test_distant_tag_starts_a_new_person_and_thresholds_apply():
 
 @pytest.mark.parametrize("num_people", [1, 3, 10])
 def test_drawn_people_are_found_whole(num_people):
-    from tools.bench_detector import drawn_maps
+    from tools.benchmarks.bench_detector import drawn_maps
     hm, tg = drawn_maps(num_people, size=256, seed=num_people)
     kp, scores = decode_associative(hm, tg, (512, 512))
     assert len(kp) == num_people and (kp[..., 2] > 0.3).mean() > 0.97  # peaks may touch
@@ -162,7 +162,7 @@ def test_drawn_people_are_found_whole(num_people):
 
 
 def test_bench_detector_reports_network_and_grouping(capsys):
-    from tools.bench_detector import main
+    from tools.benchmarks.bench_detector import main
     main(["detector", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "images/s" in out and out.count("grouping (CPU)") == 4

@@ -1,5 +1,5 @@
-"""tools/bench_sample.py: sampling time per image of each method, RePoseDM guidance's cost per
-step, T2I-Adapter's features once per run against every step."""
+"""tools/benchmarks/bench_sample.py: sampling time per image of each method, RePoseDM guidance's
+cost per step, T2I-Adapter's features once per run against every step."""
 import argparse
 import json
 
@@ -8,7 +8,7 @@ import torch
 
 from grpose.diffusion.reposedm import RePoseDMGuidance
 from grpose.methods.t2i_adapter import T2IAdapter
-from tools.bench_sample import GUIDED, PER_STEP, build_runs, main, print_tables
+from tools.benchmarks.bench_sample import GUIDED, PER_STEP, build_runs, main, print_tables
 
 
 def test_two_steps_three_methods_json_and_table(capsys):

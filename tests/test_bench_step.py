@@ -1,12 +1,12 @@
-"""tools/bench_step.py: every registered method is benchmarked; --memory measures each method in
-its own process and reports positive memory figures and ratios to ControlNet."""
+"""tools/benchmarks/bench_step.py: every registered method is benchmarked; --memory measures each
+method in its own process and reports positive memory figures and ratios to ControlNet."""
 import argparse
 import json
 
 import pytest
 
 from grpose.methods import METHODS
-from tools.bench_step import main, methods, print_table
+from tools.benchmarks.bench_step import main, methods, print_table
 
 
 def test_every_registered_method_is_benchmarked():

@@ -86,7 +86,7 @@ def test_synthetic_scene_sets_people_count_and_size(tmp_path):
         assert 0.5 * 64 < height < 0.9 * 64
     default = SyntheticPoseDataset(12, seed=5, split="val", resolution=64)
     assert max(default[i].keypoints.shape[0] for i in range(12)) > 1
-    from tools.make_synthetic import main
+    from tools.data.make_synthetic import main
     main(["--out", str(tmp_path), "--num", "4", "--num-val", "1", "--resolution", "32",
           "--people-weights", "1", "--size-range", "0.7", "0.9", "--occluder-p", "0"])
     disk = HumanArtDataset(str(tmp_path), "train", layout="mapping", resolution=32, min_people=0)
@@ -99,7 +99,7 @@ def test_synthetic_scene_sets_people_count_and_size(tmp_path):
 
 
 def test_synthetic_round_trip_through_mapping_layout(tmp_path):
-    from tools.make_synthetic import main
+    from tools.data.make_synthetic import main
     main(["--out", str(tmp_path), "--num", "6", "--num-val", "2", "--resolution", "40"])
     disk = HumanArtDataset(str(tmp_path), "train", layout="mapping", resolution=40,
                            caption_dropout=0.0, min_people=0)

@@ -12,7 +12,7 @@ from grpose.demo.report import pair_notes, summarise
 from grpose.demo.run import DemoConfig
 from grpose.demo.stages import run_stage
 from grpose.demo.tasks import Task, run_tasks
-from tools.vae_ceiling import ceiling
+from tools.experiments.vae_ceiling import ceiling
 
 
 @pytest.mark.timeout(1800)  # six demo runs end to end: minutes on a loaded machine
@@ -32,7 +32,7 @@ def test_quick_demo_end_to_end_and_stage_reuse(tmp_path, capsys):
         "real.png", "no_pose-s0.png", "grpose_skeleton-s0.png", "controlnet-s0.png"}
     assert (out / "ap_vs_fid.png").stat().st_size > 0
     assert any((out / "tb").rglob("events.out.tfevents*"))
-    rows = ceiling(str(out), batch_size=4)  # tools/vae_ceiling.py: the autoencoder's ceiling
+    rows = ceiling(str(out), batch_size=4)  # the autoencoder's ceiling (tools/experiments/)
     assert rows["real images"] == pytest.approx({**results["methods"]["real images"]})
     trip = rows["vae round trip"]  # (the quick run's pose network finds no one: AP 0)
     assert trip["fid"] > 0 and set(trip) == set(rows["real images"])

@@ -12,7 +12,7 @@ from grpose.data import DataError, SyntheticPoseDataset
 from grpose.metrics.evaluate import evaluate_folder, image_name
 from grpose.metrics.suite import GenerationMetrics
 from grpose.pose.detector import PoseDetector
-from tools.evaluate import main as evaluate_main
+from tools.commands.evaluate import main as evaluate_main
 
 
 class LookupDetector(PoseDetector):
@@ -69,8 +69,9 @@ def test_missing_images_raise_or_skip_and_cli_writes_files(tmp_path):
 
 
 def test_command_line_as_make_eval_gives_it(tmp_path):
-    """`tools/evaluate.py --config C --images DIR`, a field of the config's dataset overridden."""
-    from tools.evaluate import cli
+    """`tools/commands/evaluate.py --config C --images DIR`, a field of the config's dataset
+    overridden."""
+    from tools.commands.evaluate import cli
     ds = SyntheticPoseDataset(4, seed=3, split="val", resolution=48)
     gen = tmp_path / "gen"
     gen.mkdir()

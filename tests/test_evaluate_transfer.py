@@ -1,4 +1,5 @@
-"""tools/evaluate_transfer.py (make eval-transfer) on folders of synthetic pose-transfer results."""
+"""tools/commands/evaluate_transfer.py (make eval-transfer) on folders of synthetic pose-transfer
+results."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from grpose.data import DataError, SyntheticPairs
 from grpose.metrics.report import image_name
 from grpose.metrics.transfer_eval import evaluate_transfer_folder
 from test_evaluate import LookupDetector  # the scripted detector of the pose evaluation
-from tools.evaluate_transfer import cli, main
+from tools.commands.evaluate_transfer import cli, main
 
 
 
@@ -121,8 +122,9 @@ def test_main_writes_results(pairs, tmp_path, capsys):
 
 
 def test_command_line_with_the_synthetic_config(pairs, tmp_path):
-    """`tools/evaluate_transfer.py --config configs/eval/transfer_synthetic.yaml --images DIR`
-    with the config's dataset fields overridden, as `make eval-transfer ARGS=...` passes them."""
+    """`tools/commands/evaluate_transfer.py --config configs/eval/transfer_synthetic.yaml
+    --images DIR` with the config's dataset fields overridden, as `make eval-transfer ARGS=...`
+    passes them."""
     ds = SyntheticPairs(num_pairs=3, seed=0, split="val", resolution=64, render_scale=0.35)
     write(ds, tmp_path / "gen", "target")
     res = cli(["--config", "configs/eval/transfer_synthetic.yaml", "--images",
@@ -135,10 +137,10 @@ def test_command_line_with_the_synthetic_config(pairs, tmp_path):
 
 
 def test_reference_folders(pairs, tmp_path):
-    """tools/transfer_references.py: the target scores perfectly; JPEG and a resize round trip
-    cost a little SSIM (the more, the coarser); the copied source is the floor."""
-    from tools.transfer_references import degrade
-    from tools.transfer_references import main as references
+    """tools/reference/transfer_references.py: the target scores perfectly; JPEG and a resize
+    round trip cost a little SSIM (the more, the coarser); the copied source is the floor."""
+    from tools.reference.transfer_references import degrade
+    from tools.reference.transfer_references import main as references
     scores = {}
     for name, opts in {"target": {}, "jpeg95": {"jpeg_quality": 95},
                        "jpeg50": {"jpeg_quality": 50},

@@ -1,5 +1,5 @@
-"""The GPU battery (tools/gpu_check.py): its CPU dry run writes every section's figures; the
-goals' verdicts; the wheel list (tools/gpu_wheels.py). And the CUDA tests it runs (`gpu`
+"""The GPU battery (tools/gpu/gpu_check.py): its CPU dry run writes every section's figures; the
+goals' verdicts; the wheel list (tools/gpu/gpu_wheels.py). And the CUDA tests it runs (`gpu`
 marker): the PGI's torch paths on CUDA against DGL on the CPU, the perception loss's gradient,
 a 2-step SD-1.5-shaped fit and sample through the CLI."""
 from __future__ import annotations
@@ -13,9 +13,9 @@ import os
 import pytest
 import torch
 
-from tools import gpu_wheels
-from tools.gpu_check import main as gpu_check
-from tools.gpu_report import summary
+from tools.gpu import gpu_wheels
+from tools.gpu.gpu_check import main as gpu_check
+from tools.gpu.gpu_report import summary
 
 # the slow CPU end-to-end test's SD 1.5 folder fixture (random SD 1.5 weights), shared
 sd15_folder = importlib.import_module("test_sd15_end_to_end").sd15_folder

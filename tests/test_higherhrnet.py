@@ -157,7 +157,7 @@ def test_make_eval_scores_a_folder_with_the_detector_both_protocols(
         mmpose_higherhrnet, humanart_mapping, tmp_path, monkeypatch):
     """`make eval` as a user types it, on the shipped configs (paths overridden): ours, then
     the papers' protocol added on top; the detector comes from the mmpose file."""
-    from tools.evaluate import cli
+    from tools.commands.evaluate import cli
     built = []
     init = HigherHRNetDetector.__init__
 

@@ -6,7 +6,8 @@ import lightning as L
 import pytest
 
 from grpose.data import PoseDataModule, SyntheticPoseDataset, collate_pose_samples
-from tools.check_memory import growth, sample_memory, tensors, tiny_module, train_memory
+from tools.benchmarks.check_memory import (growth, sample_memory, tensors, tiny_module,
+                                           train_memory)
 
 
 class Probe(L.Callback):
@@ -52,7 +53,7 @@ def test_no_tensor_kept_across_sampled_batches(one_thread):
 @pytest.mark.slow  # ~1 min: 60 steps, 60 images
 def test_memory_flat_over_long_runs(one_thread):
     """RSS after 60 training steps / 60 sampled images within 5 % of its value at 20, and the
-    same number of live tensors (`tools/check_memory.py` runs 200 of each)."""
+    same number of live tensors (`tools/benchmarks/check_memory.py` runs 200 of each)."""
     module = tiny_module()
     for seen in (train_memory(60, (20, 60), module=module),
                  sample_memory(60, (20, 60), module=module)):

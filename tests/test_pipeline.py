@@ -144,7 +144,7 @@ def test_a_detector_scores_each_image(tiny_parts, sample, perturb_zero_parameter
 
 def test_generate_tool_writes_the_images_and_says_where(tmp_path, tiny_parts, capsys,
                                                        perturb_zero_parameters):
-    from tools.generate import main
+    from tools.commands.generate import main
     folder = write_tiny_bundle(str(tmp_path / "gr"), tiny_parts,
                                tiny_module(tiny_parts, "grpose_skeleton", perturb_zero_parameters))
     out = tmp_path / "out"

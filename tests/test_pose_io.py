@@ -1,4 +1,5 @@
-"""Pose files are read without running code from them; tools/convert_poses.py drops the pickles."""
+"""Pose files are read without running code from them; tools/data/convert_poses.py drops the
+pickles."""
 import io
 import pickle
 import zipfile
@@ -8,7 +9,7 @@ import pytest
 
 from grpose.data import DataError
 from grpose.data.io import check_people, load_pose_npz, read_pose_npz, save_pose_npz
-from tools.convert_poses import main as convert_main
+from tools.data.convert_poses import main as convert_main
 
 
 def _trusted_keypoints(path):

@@ -5,14 +5,14 @@ A diffusers SD 1.5 folder written with `save_pretrained` (SD 1.5's configs, rand
 `&sd` path of `configs/base/sd15.yaml` edited to point at it, then
 `python -m grpose fit` (trainer/cpu + base/sd15 + data/humanart + method/controlnet) on a tiny
 Human-Art folder in each layout, `predict` (2 DDIM steps) from the fit's `last.ckpt`, with the SD
-folder moved and the config edited again, and `make eval`'s `tools/evaluate.py` with
+folder moved and the config edited again, and `make eval`'s `tools/commands/evaluate.py` with
 `configs/eval/humanart.yaml` on the images.
 
 Affordable on a CPU: 64 px images (8 x 8 latents), batch 1, float32, no validation. Offline
 stand-ins for the evaluation's external weights: a random-init tiny `PoseNetwork` checkpoint
 (the pose detector), a random-init torch-fidelity Inception-v3 (real shapes) and a random tiny
 open_clip model (its config registered in-process, hence `make eval`'s command line runs
-in-process: `tools/evaluate.py`'s `cli`).
+in-process: `tools/commands/evaluate.py`'s `cli`).
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def offline_eval_weights(folder, monkeypatch):
 @pytest.mark.parametrize("layout, steps", [("mapping", 2), ("coco", 1)])
 def test_sd15_fit_predict_eval(tmp_path, monkeypatch, sd15_folder, mmpose_higherhrnet, layout,
                                steps):
-    from tools.evaluate import cli as evaluate_cli
+    from tools.commands.evaluate import cli as evaluate_cli
     root = tmp_path / "HumanArt"
     for split in ("training", "validation"):
         write_humanart(root, layout, ITEMS, split)

@@ -202,7 +202,7 @@ def test_imported_stage_and_pose_encoder_compute_the_released_formulas():
 
 
 def test_import_tool_writes_a_loadable_stable_pose(tmp_path):
-    from tools.import_weights import build_method, main
+    from tools.weights.import_weights import build_method, main
     unet = release_shaped_unet()
     sd = _tiny_sd_folder(tmp_path, unet)
     config = tmp_path / "stable_pose.yaml"

@@ -13,7 +13,7 @@ from grpose.data import SyntheticPoseDataset
 from grpose.metrics.evaluate import GeneratedStream, evaluate_folder, grouped_order
 from grpose.metrics.report import image_name
 from test_evaluate import LookupDetector
-from tools import bench_eval_memory as bench
+from tools.benchmarks import bench_eval_memory as bench
 
 
 def write_generated(ds, folder, skip=()) -> dict:

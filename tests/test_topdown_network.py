@@ -123,7 +123,7 @@ def test_checkpoint_serves_as_detector_with_given_or_detected_boxes(tmp_path):
 
 
 def test_make_eval_runs_it_from_its_config(tmp_path):
-    from tools.evaluate import cli
+    from tools.commands.evaluate import cli
     topdown = fit_tiny(tmp_path)
     bottom_up = str(tmp_path / "bottom_up.ckpt")
     trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,

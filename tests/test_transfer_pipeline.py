@@ -1,8 +1,8 @@
 """Pose transfer through the front door: every transfer method's bundle round-trips (its
 two-condition guidance as a spec); `PosePipeline` with a source image equals
 `PoseDiffusionModule.generate` on the same pair batch, bit for bit; the source pose given or
-detected; the demo's transfer bundle writer; `tools/generate.py --source`; one clear error for a
-source missing or misplaced."""
+detected; the demo's transfer bundle writer; `tools/commands/generate.py --source`; one clear
+error for a source missing or misplaced."""
 from __future__ import annotations
 
 import json
@@ -199,7 +199,7 @@ def test_the_demo_writes_a_transfer_bundle(tmp_path, tiny_parts, pair, perturb_z
 def test_generate_tool_takes_a_source_and_refuses_a_misplaced_one(tmp_path, tiny_parts, pair,
                                                                    capsys,
                                                                    perturb_zero_parameters):
-    from tools.generate import main
+    from tools.commands.generate import main
     transfer = write_tiny_bundle(str(tmp_path / "tr"), tiny_parts, tiny_transfer_module(
         tiny_parts, "pose_only", perturb_zero_parameters))
     pose = write_tiny_bundle(str(tmp_path / "gr"), tiny_parts, tiny_module(

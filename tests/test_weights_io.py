@@ -363,7 +363,7 @@ def _tiny_sd_folder(root: pathlib.Path, unet) -> str:
 
 
 def test_import_tool_writes_loadable_methods(tmp_path, perturb_zero_parameters):
-    from tools.import_weights import main
+    from tools.weights.import_weights import main
     unet = release_shaped_unet()
     sd = _tiny_sd_folder(tmp_path, unet)
     config = tmp_path / "feature.yaml"
@@ -395,13 +395,13 @@ def test_import_tool_writes_loadable_methods(tmp_path, perturb_zero_parameters):
 
 def fit_and_export(root: str, method: str, diffusers: str, *overrides: str):
     """One tiny training step of `configs/method/tiny/<method>.yaml` through the CLI, exported by
-    tools/export_weights.py (also as a diffusers folder `diffusers`); returns the checkpoint's
-    method state and the export loaded back."""
+    tools/weights/export_weights.py (also as a diffusers folder `diffusers`); returns the
+    checkpoint's method state and the export loaded back."""
     import glob
 
     from grpose.cli import main as cli
     from grpose.diffusion.components import tiny_unet
-    from tools.export_weights import main
+    from tools.weights.export_weights import main
     configs = ("trainer/cpu", "base/tiny", "data/synthetic_tiny", f"method/tiny/{method}")
     cli(["fit", *[a for c in configs for a in ("--config", f"configs/{c}.yaml")], *overrides,
          f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",

@@ -149,7 +149,7 @@ def read_pose_npz(path: str) -> dict[str, np.ndarray]:
 
     Reads HumanSD's `arr_0` (a pickled object array of `{"keypoints": (17, 3), "score", "area"}`
     dicts, or a plain numeric `(P, 17, 3)` array) and the pickle-free format of
-    `tools/convert_poses.py` (`keypoints (P, 17, 3)`, `score (P,)`, `area (P,)`). Pickles may
+    `tools/data/convert_poses.py` (`keypoints (P, 17, 3)`, `score (P,)`, `area (P,)`). Pickles may
     only rebuild numpy arrays, dicts, lists, numbers and strings; anything else raises a
     `DataError` of kind "unsafe pickle". Returns `keypoints` (unchecked: see `check_people`)
     and `score` / `area` where the file has them.

@@ -1,0 +1,1 @@
+"""Scripts around the grpose package, grouped by purpose (tools/README.md)."""

@@ -1,0 +1,1 @@
+"""What things cost: training-step, sampling, detector, metric and memory benchmarks."""

@@ -1,0 +1,1 @@
+"""User commands as scripts: thin wrappers of grpose.app (`grpose-eval`, `grpose-generate`)."""

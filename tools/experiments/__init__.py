@@ -1,0 +1,1 @@
+"""What things score: accuracy studies beyond `make demo` (RMPG, samplers, VAE ceiling)."""

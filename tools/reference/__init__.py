@@ -1,0 +1,1 @@
+"""grpose checked against outside references (mmpose itself, reference transfer results)."""

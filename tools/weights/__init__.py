@@ -1,0 +1,1 @@
+"""Weights in and out of grpose: released checkpoints imported, trained methods exported."""
