@@ -7,6 +7,7 @@ from grpose.data.render import pose_mask
 
 from grpose.diffusion import PoseDiffusionModule
 from grpose.diffusion.components import noise_scheduler, tiny_unet
+from grpose.diffusion.generation import SamplingSettings
 from grpose.diffusion.losses import LossTerm, pose_weighted_mse
 from grpose.methods import ControlNet, NoPose
 
@@ -88,6 +89,21 @@ def test_sampling_deterministic_per_seed(tiny_parts, tiny_batch):
     assert torch.allclose(single[0], a[1], rtol=0, atol=BATCH_ATOL)  # the item's seed, not its slot
     other = m.generate(tiny_batch, seeds=[1, 2, 3])
     assert not torch.equal(other, a)
+
+
+def test_sampling_settings_are_grouped_and_a_call_overrides_them(tiny_parts, tiny_batch,
+                                                                 perturb_zero_parameters):
+    m = make_module(tiny_parts, negative_prompt="blurry", seed=7).eval()
+    assert m.sampling_settings == SamplingSettings(3, 1.0, "blurry", 0.0, 7)
+    perturb_zero_parameters(m.method)  # so that the conditioning scale matters
+    other = make_module(tiny_parts, num_inference_steps=2, conditioning_scale=0.5,
+                        negative_prompt="dark", seed=7).eval()
+    other.method.load_state_dict(m.method.state_dict())
+    assert other.sampling_settings == SamplingSettings(2, 0.5, "dark", 0.0, 7)
+    overridden = m.generate(tiny_batch, num_inference_steps=2, scale=0.5, negative_prompt="dark")
+    assert torch.equal(overridden, other.generate(tiny_batch))
+    assert not torch.equal(overridden, m.generate(tiny_batch))
+    assert m.sampling_settings.num_inference_steps == 3  # a call changes nothing after it
 
 
 def test_trainable_unet_for_base_training(tiny_parts, tiny_batch):
