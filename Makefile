@@ -89,7 +89,7 @@ bench-sample: install  ## sampling time per image of each method vs ControlNet, 
 bench-detector: install  ## the papers' detector: images/s, make eval per 100 images, perception step (ARGS="detector|eval|perception ...")
 	$(PY) tools/benchmarks/bench_detector.py $(or $(ARGS),detector)
 
-gpu-wheels: install  ## download into .whl/ the wheels the lent GPU machine lacks (Python 3.12; ARGS=--no-dgl)
+gpu-wheels: install  ## download into .whl/ the wheels a GPU machine without the venv lacks (Python 3.12; ARGS=--no-dgl)
 	$(PY) tools/gpu/gpu_wheels.py $(ARGS)
 
 gpu-check:  ## the GPU battery: CUDA tests + step / sampling / eval benchmarks -> gpu_check.{json,md} (ARGS="--out DIR", "--device cpu --tiny")

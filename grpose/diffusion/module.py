@@ -60,7 +60,7 @@ class PoseDiffusionModule(CheckpointedModel, NonFiniteGuard, Generation, L.Light
         timestep_sampling: "uniform", or "cubic" (T2I-Adapter's t = (1 - u^3) T, u ~ U(0, 1):
             more steps at high noise, where the layout a pose fixes is decided).
         method_weights: a folder of exported method weights (`grpose.methods.save_method`,
-            `tools/import_weights.py`) loaded into the method once attached.
+            `tools/weights/import_weights.py`) loaded into the method once attached.
         on_nonfinite: a NaN / Inf loss "raise"s (naming the step, the loss term and the batch's
             item ids) or "skip"s the batch (no optimizer step; counted in
             `train/skipped_nonfinite`). Every process takes the same decision.

@@ -1,21 +1,22 @@
-"""Download into `.whl/` the wheels grpose needs that the lent GPU machine lacks
-(`make gpu-wheels`).
+"""Download into `.whl/` the wheels grpose needs that a GPU machine without the project's venv
+lacks (`make gpu-wheels`): for a machine that cannot reach a package registry, where you copy
+the checkout and install these wheels instead of running `make install`.
 
     python tools/gpu/gpu_wheels.py                 # every wheel in WHEELS, DGL included
     python tools/gpu/gpu_wheels.py --no-dgl        # without DGL (the PGI's torch paths need none)
 
-The GPU machine (the device tool's `nvidia-h200`: Python 3.12, x86-64, torch, lightning,
-torchmetrics, transformers, timm ... but no diffusers, open_clip, dgl, omegaconf, jsonargparse,
-pycocotools, munkres, torch-fidelity, torchdata) cannot reach a registry, so the missing
-packages travel with the working tree as wheels (`carry: [".whl"]`), at most 64 MiB together
-with the tree. Versions are the ones `constraints.txt` pins (one version of each: two would stop
-the install); `--no-deps` with the explicit list below, its needs named too. Wheels of other
-versions already in `.whl/` are removed. Prints each wheel's size, the total and the tracked
-tree's size, and fails when both together pass the carry limit.
+The wheels are for CPython 3.12 on x86-64 Linux (such a machine usually has torch, lightning,
+torchmetrics, transformers and timm already, and lacks diffusers, open_clip, dgl, omegaconf,
+jsonargparse, pycocotools, munkres, torch-fidelity and torchdata). Versions are the ones
+`constraints.txt` pins (one version of each: two would stop the install); `--no-deps` with the
+explicit list below, its needs named too. Wheels of other versions already in `.whl/` are
+removed. Prints each wheel's size, the total and the tracked tree's size, and fails when both
+together pass 64 MiB (to keep the copy small).
 
-On the GPU machine (see tools/gpu/gpu_check.py for the whole call):
+On the GPU machine, in the copied checkout:
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+    python3 tools/gpu/gpu_check.py --out results
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import subprocess
 import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-CARRY_LIMIT_MIB = 64.0
+SIZE_LIMIT_MIB = 64.0
 WHEELS = (  # missing on the GPU machine (KINDS.md's package list), with what they need there
     "diffusers", "importlib_metadata", "lazy-importer",  # diffusers
     "open_clip_torch", "ftfy", "wcwidth", "timm",  # open_clip (timm >= 1.0.17)
@@ -117,9 +118,9 @@ def main(argv=None) -> float:
         print(f"{os.path.getsize(w) / 2**20:7.2f} MiB  {os.path.basename(w)}")
     tree = tracked_mib(ROOT)
     print(f"bundle: {len(wheels)} wheels, {total:.1f} MiB; tracked tree {tree:.1f} MiB; "
-          f"together {total + tree:.1f} of the {CARRY_LIMIT_MIB:.0f} MiB carry limit")
-    if total + tree > CARRY_LIMIT_MIB:
-        raise SystemExit("over the carry limit: try --no-dgl")
+          f"together {total + tree:.1f} of the {SIZE_LIMIT_MIB:.0f} MiB limit")
+    if total + tree > SIZE_LIMIT_MIB:
+        raise SystemExit("over the size limit: try --no-dgl")
     return total
 
 

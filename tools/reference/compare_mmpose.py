@@ -2,7 +2,7 @@
 
     python tools/reference/compare_mmpose.py --ref /tmp/mmref/venv/bin/python
 
-`--ref`: the Python of a throwaway mmpose 0.29 venv (protocol.md, "A reference environment";
+`--ref`: the Python of a throwaway mmpose 0.29 venv (docs/benchmarks.md, the detector section;
 with munkres 1.1.4). Never a dependency of grpose, never run by CI. Compares
 1. `decode_associative` and mmpose's HeatmapParser + back-projection + ordering on the same
    maps (drawn people; a random network's maps of a square and a wide image), CPU and CUDA

@@ -1,5 +1,5 @@
 # mmpose 0.x config for the reference run only (never imported by grpose): HigherHRNet-W48, AE,
-# UDP, the COCO test settings the papers load (protocol.md, "The field's detector").
+# UDP, the COCO test settings the papers load (the field's detector: docs/evaluation.md).
 model = dict(
     type='AssociativeEmbedding', pretrained=None,
     backbone=dict(type='HRNet', in_channels=3, extra=dict(

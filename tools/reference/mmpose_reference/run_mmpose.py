@@ -1,4 +1,4 @@
-"""Run in the throwaway mmpose 0.29 venv (protocol.md says how to build it), never in grpose's:
+"""Run in the throwaway mmpose 0.29 venv (docs/benchmarks.md, the detector section, says how to build it), never in grpose's:
 
     REF/bin/python run_mmpose.py decode IN.npz OUT.npz   # HeatmapParser + back-projection + order
     REF/bin/python run_mmpose.py infer W.pth IMG.npy OUT.npz   # the papers' call on a uint8 image
