@@ -153,18 +153,29 @@ class PoseEstimatorModule(L.LightningModule):
         return self.decode(self.network(batch.image), batch.image.shape[-2:])
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.network.parameters(), lr=self.hparams.lr,
-                                weight_decay=self.hparams.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup, cosine = self.hparams.warmup_steps, self.hparams.cosine
+        return warmup_cosine(self, self.network.parameters())
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if not cosine:
-                return 1.0
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return 0.5 * (1 + math.cos(math.pi * progress))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+def warmup_cosine(module: L.LightningModule, parameters) -> dict:
+    """AdamW on `parameters` with the module's `lr` / `weight_decay`, a linear warm-up over
+    `warmup_steps`, then (`cosine`) a cosine decay to zero at the run's last step; per step.
+
+    Args:
+        module: the Lightning module (its hparams and trainer set the schedule).
+        parameters: what the optimizer updates.
+    """
+    hp = module.hparams
+    opt = torch.optim.AdamW(parameters, lr=hp.lr, weight_decay=hp.weight_decay)
+    total = max(int(module.trainer.estimated_stepping_batches), 1)
+    warmup, cosine = hp.warmup_steps, hp.cosine
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -2,12 +2,10 @@
 plus the part-group heads' auxiliary MSE)."""
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 
-from grpose.pose.module import network_config
+from grpose.pose.module import network_config, warmup_cosine
 from grpose.pose.topdown.data import PersonBatch
 from grpose.pose.topdown.decode import group_targets, heatmap_targets
 from grpose.pose.topdown.network import TopDownPoseNet, resize_to
@@ -74,17 +72,4 @@ class TopDownModule(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch))
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.network.parameters(), lr=self.hparams.lr,
-                                weight_decay=self.hparams.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup, cosine = self.hparams.warmup_steps, self.hparams.cosine
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if not cosine:
-                return 1.0
-            return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return warmup_cosine(self, self.network.parameters())
