@@ -100,6 +100,13 @@ def test_quick_compare_transfer_end_to_end_and_reuse(tmp_path):
     before = {p: os.path.getmtime(p) for p in out.rglob("stage.json")}
     main(["compare-transfer", "--quick", "--out", str(out), "--seeds", "0,1"])
     assert before == {p: os.path.getmtime(p) for p in out.rglob("stage.json")}  # all reused
+    # --train-unet: the UNet trains with the method, is saved beside it and bundled with it
+    unet_out = tmp_path / "unet"
+    main(["compare-transfer", "--quick", "--out", str(unet_out), "--demo-out", str(out / "shared"),
+          "--seeds", "0", "--methods", "pose_only", "--train-unet"])
+    assert os.path.isfile(unet_out / "pose_only-s0" / "unet.pt")
+    bundle = json.loads((unet_out / "bundles" / "pose_only-s0" / "bundle.json").read_text())
+    assert bundle["trained_unet"] is True
 
 
 def test_the_command_is_found_after_flags_and_unread_settings_are_not_offered(monkeypatch):
