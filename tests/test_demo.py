@@ -15,7 +15,8 @@ from grpose.demo.tasks import Task, run_tasks
 from tools.experiments.vae_ceiling import ceiling
 
 
-@pytest.mark.timeout(1800)  # six demo runs end to end: minutes on a loaded machine
+@pytest.mark.slow  # six demo runs end to end (minutes); CI runs the real `make demo` anyway
+@pytest.mark.timeout(1800)
 def test_quick_demo_end_to_end_and_stage_reuse(tmp_path, capsys):
     out = tmp_path / "demo"
     results = main(["--quick", "--out", str(out)])
