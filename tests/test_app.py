@@ -161,12 +161,13 @@ def test_the_app_in_headless_chromium(tmp_path, tiny_parts, perturb_zero_paramet
         Select(driver.find_element(By.ID, "heldout")).select_by_index(1)
         wrist = driver.find_element(By.CSS_SELECTOR, "circle.joint[data-joint='9']")
         before = float(wrist.get_attribute("cx")), float(wrist.get_attribute("cy"))  # x 1000
-        dx = 40 if before[0] < 500 else -40  # 320 px: 40 px = 125 units, towards the middle
-        ActionChains(driver).drag_and_drop_by_offset(wrist, dx, -50).perform()
+        # 320 px: 40 px = 125 units; both moves away from the border, so nothing is clipped
+        dx, dy = (40 if before[0] < 500 else -40), (50 if before[1] < 500 else -50)
+        ActionChains(driver).drag_and_drop_by_offset(wrist, dx, dy).perform()
         wrist = driver.find_element(By.CSS_SELECTOR, "circle.joint[data-joint='9']")
         after = float(wrist.get_attribute("cx")), float(wrist.get_attribute("cy"))
         assert after[0] - before[0] == pytest.approx(dx * 1000 / 320, abs=8), (before, after)
-        assert after[1] - before[1] == pytest.approx(-50 * 1000 / 320, abs=8), (before, after)
+        assert after[1] - before[1] == pytest.approx(dy * 1000 / 320, abs=8), (before, after)
         checks = driver.find_elements(By.CSS_SELECTOR, ".bundle-check")
         chosen = [c for c in checks if c.is_selected()]
         assert len(chosen) == 2
