@@ -183,6 +183,17 @@ def _perturb_fixture():
 
 
 @pytest.fixture
+def perturbed_controlnet(tiny_parts):
+    """A tiny ControlNet on the tiny UNet, its zero-initialised parameters perturbed (so that
+    its conditioning changes the prediction, as a trained one does)."""
+    from grpose.methods import ControlNet
+    method = ControlNet((8, 16, 32))
+    method.attach(tiny_parts[0])
+    perturb_zero_parameters(method)
+    return method
+
+
+@pytest.fixture
 def one_thread():
     """One intra-op thread: on 2 cores shared with other jobs, 2 threads are much slower."""
     threads = torch.get_num_threads()

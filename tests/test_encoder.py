@@ -13,18 +13,10 @@ from grpose.diffusion.denoiser import predict_eps
 from grpose.diffusion.guidance import (ClassifierFreeGuidance, DisentangledGuidance,
                                       InstructPix2PixGuidance, StepHook)
 from grpose.diffusion.sampling import sample_latents
-from grpose.methods import ControlNet, NoPose, PoseMethod, UNetConditioning
+from grpose.methods import NoPose, PoseMethod, UNetConditioning
 from grpose.methods.film import FiLM, modulate
 
 T = torch.tensor([10, 400, 900])
-
-
-@pytest.fixture
-def perturbed_controlnet(tiny_parts, perturb_zero_parameters):
-    method = ControlNet((8, 16, 32))
-    method.attach(tiny_parts[0])
-    perturb_zero_parameters(method)
-    return method
 
 
 @pytest.fixture

@@ -24,11 +24,8 @@ DETERMINISTIC = [DPMSolverMultistepScheduler, UniPCMultistepScheduler, EulerDisc
 
 
 @pytest.fixture
-def controlnet(tiny_parts, perturb_zero_parameters):
-    method = ControlNet((8, 16, 32))
-    method.attach(tiny_parts[0])
-    perturb_zero_parameters(method)
-    return method
+def controlnet(perturbed_controlnet):
+    return perturbed_controlnet
 
 
 @pytest.fixture
