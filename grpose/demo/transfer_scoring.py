@@ -33,8 +33,6 @@ WARP = "source warped by its keypoints"
 REFERENCES = (CEILING, FLOOR, BACKGROUND, WARP)
 """The rows scored without a generator (one value: no seeds)."""
 GRID_ITEMS = 8
-PERSON = ("person_ssim", "person_feature_distance", "person_lpips", "colour_error")
-"""The person metrics, also reported per pose-change group."""
 GROUPS = ("small", "large", "flip")
 
 
