@@ -1,6 +1,7 @@
 """The keypoint correspondence (`grpose.data.limb_warp`): zero for equal poses, a translation's
 constant flow, a rotated forearm's point found on the source forearm, missing joints skip their
-bones, left follows left, and the full-resolution warp moves a drawn limb onto the target's."""
+bones, left follows left, the full-resolution warp moves a drawn limb onto the target's, and
+each cell's bone membership names the limb under it."""
 from __future__ import annotations
 
 import math
@@ -128,3 +129,25 @@ def test_flow_units_match_grid_sample(make_person):
     for y, x in inside[:: max(1, len(inside) // 10)].tolist():
         want = (torch.tensor([x, y], dtype=torch.float32) - centre) @ rot + centre  # inverse
         assert (source_point(flow, y, x) - want).norm() < 1e-3
+
+
+def test_bone_membership_names_the_limb_under_each_cell(make_person):
+    from grpose.data.limb_warp import BONES, bone_membership
+    person = upright(make_person)
+    m = bone_membership(person, SIZE, SIZE, sigma=0.02)  # (1, L, H, W) at full resolution
+    assert m.shape == (1, len(BONES), *SIZE)
+    assert (m.sum(1) <= 1 + 1e-5).all() and (m >= 0).all()
+    for bone, (a, b) in enumerate(BONES[:8]):  # the limbs: their midpoint lies on them alone
+        x, y = ((person[0, 0, a, :2] + person[0, 0, b, :2]) / 2).round().long().tolist()
+        assert m[0, :, y, x].argmax() == bone and m[0, bone, y, x] > 0.9
+    assert m[0, :, 63, 0].sum() < 1e-3  # a corner far from the person
+    mirrored = person.clone()
+    mirrored[..., 0] = 63 - mirrored[..., 0]  # seen from behind: the left wrist's bone stays
+    x, y = ((mirrored[0, 0, 7, :2] + mirrored[0, 0, 9, :2]) / 2).round().long().tolist()
+    assert bone_membership(mirrored, SIZE, SIZE, 0.02)[0, :, y, x].argmax() == BONES.index((7, 9))
+    missing = person.clone()
+    missing[0, 0, 9, 2] = 0  # no left wrist: no left forearm
+    assert bone_membership(missing, SIZE, SIZE, 0.02)[0, BONES.index((7, 9))].max() == 0
+    assert bone_membership(person[:, :0], SIZE, SIZE).abs().max() == 0  # nobody
+    with pytest.raises(ValueError, match="sigma"):
+        bone_membership(person, SIZE, SIZE, sigma=0)

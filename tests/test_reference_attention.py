@@ -5,6 +5,7 @@ error), and a zero projection that opens after one optimizer step."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -112,6 +113,37 @@ def test_processors_are_restored_after_the_call_and_after_an_error(tiny_parts, t
     assert not any(isinstance(m, nn.Linear) and "processor" in n for n, m in unet.named_modules())
 
 
+def test_a_match_term_is_added_to_the_reference_logits_only(tiny_parts):
+    unet = tiny_parts[0]
+    attn = unet.get_submodule(LAYER)
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 16, attn.to_q.in_features, generator=g)
+    tokens = torch.randn(2, 5, attn.to_q.in_features, generator=g)
+    match = torch.randn(2, 16, 13, generator=g), torch.randn(2, 5, 13, generator=g)
+    proj = nn.Linear(attn.to_out[0].out_features, attn.to_out[0].out_features, bias=False)
+    nn.init.normal_(proj.weight, std=0.3)
+
+    def split(x):  # (B, L, H * D) -> (B, H, L, D)
+        return x.view(2, x.shape[1], attn.heads, -1).transpose(1, 2)
+
+    with torch.no_grad():
+        q, k, v = split(attn.to_q(hidden)), split(attn.to_k(hidden)), split(attn.to_v(hidden))
+        k_ref, v_ref = split(attn.to_k(tokens)), split(attn.to_v(tokens))
+        d = q.shape[-1]
+        logits = torch.cat([q @ k.transpose(-1, -2) / d ** 0.5,
+                            q @ k_ref.transpose(-1, -2) / d ** 0.5
+                            + (match[0] @ match[1].transpose(-1, -2))[:, None]], -1)
+        joined = (logits.softmax(-1) @ torch.cat([v, v_ref], 2)).transpose(1, 2).flatten(2)
+        own = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        want = attn.to_out[0](own) + proj(F.linear(joined - own, attn.to_out[0].weight))
+        with attend(unet, {LAYER: Reference(tokens, proj, torch.ones(2), match)}):
+            got = attn(hidden)
+        with attend(unet, {LAYER: Reference(tokens, proj, torch.ones(2))}):
+            unmatched = attn(hidden)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, unmatched, atol=1e-3)
+
+
 def test_scaled_and_masked_conditioning_reach_the_reference_scale():
     ref = Reference(torch.ones(3, 2, 4), nn.Identity(), torch.ones(3))
     c = UNetConditioning(reference={"a": ref})
@@ -142,6 +174,35 @@ def test_the_zero_projection_opens_and_then_the_tokens_learn(tiny_parts, tiny_in
     assert grads[0][0] > 0 and grads[0][1] < 1e-4 * grads[1][1]
     assert grads[1][1] > 1e-3  # after one step the tokens get a gradient
     assert method.training_logs()["gate"] > 1e-4
+    assert method.match_strength.grad.abs().sum() > 0  # the body-part prior's strength learns
+
+
+def test_the_part_prior_matches_the_same_limb_and_leaves_poseless_items_alone(
+        tiny_parts, tiny_inputs, pair_batch_keypoints):
+    unet = copy.deepcopy(tiny_parts[0])
+    method = method_from_config("configs/method/tiny/transfer_reference_attention.yaml")
+    method.attach(unet)
+    _, _, cond = tiny_inputs
+    cond = cond.with_source(torch.zeros(3, 4, 16, 16), cond.keypoints)  # the source = target
+    cond = replace(cond, active=torch.tensor([True, True, False]))
+    query, key = method.part_terms(cond, (16, 16))
+    logit = query @ key.transpose(1, 2)  # (B, N, M): 2 m_q . m_k - 1
+    assert logit[2].abs().max() == 0  # no target pose: no prior
+    coverage = query[0, :, :-1].norm(dim=-1)  # the length of a cell's limb vector
+    on_person = coverage > 0.9
+    assert on_person.sum() > 5
+    own_cell = logit[0].diagonal()[on_person]  # a query and the token of its own cell
+    assert (own_cell > 0.5).all() and logit[0].min() >= -1 - 1e-6
+    off = coverage < 1e-3  # far from the person: every token pushed down
+    assert torch.allclose(logit[0][off], torch.full_like(logit[0][off], -1.0), atol=3e-3)
+    bare = method_from_config("configs/method/tiny/transfer_reference_attention.yaml",
+                              part_match=0.0)
+    bare.attach(copy.deepcopy(tiny_parts[0]))
+    assert bare.match_strength is None
+    assert all(r.match is None for r in bare.references(cond).values())
+    with pytest.raises(ValueError, match="part_match"):
+        method_from_config("configs/method/tiny/transfer_reference_attention.yaml",
+                           part_match=-1.0)
 
 
 @pytest.fixture

@@ -65,6 +65,54 @@ def _segment_distance2(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tor
     return ((rel - t[..., None] * d) ** 2).sum(-1)
 
 
+def cell_centres(grid: tuple[int, int], image_size: tuple[int, int], device=None
+                 ) -> torch.Tensor:
+    """`(h w, 2)` pixel coordinates (x, y) of the centres of a `grid` (h, w) of cells evenly
+    covering an image of `image_size` (H, W), row by row."""
+    (h, w), (height, width) = grid, image_size
+    ys = (torch.arange(h, device=device) + 0.5) * height / h - 0.5
+    xs = (torch.arange(w, device=device) + 0.5) * width / w - 0.5
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
+
+
+def _bone_weights(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor,
+                  radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points `p (N, 2)`, bones `a, b (B, L, 2)` of which `valid (B, L)` count -> (weights
+    `(B, L, N)`: `exp(-d^2 / (2 radius^2))` normalised over the valid bones, zero where there is
+    none; coverage `(B, N)`: the largest unnormalised weight)."""
+    logits = -_segment_distance2(p, a, b) / (2 * radius**2)
+    logits = logits.masked_fill(~valid[..., None], float("-inf"))  # (B, L, N)
+    any_bone = valid.any(1)  # (B,)
+    weights = torch.softmax(logits.masked_fill(~any_bone[:, None, None], 0.0), 1)
+    return weights * any_bone[:, None, None], logits.amax(1).exp() * any_bone[:, None]
+
+
+def bone_membership(keypoints: torch.Tensor, grid: tuple[int, int],
+                    image_size: tuple[int, int], sigma: float = 0.04) -> torch.Tensor:
+    """Which bone of `BONES` each cell of a `grid` (h, w) lies on, from one pose: `(B, L, h, w)`,
+    per cell `limb_flow`'s bone weights (normalised over the bones present) times its coverage:
+    about one-hot on the person's limbs, about zero away from them and where no bone is present.
+    The dot product of two poses' memberships at two cells says whether they show the same
+    part of the body (left and right apart). Only the first person counts.
+
+    Args:
+        keypoints: `(B, P, 17, 3)` COCO-17 (x, y, confidence) in pixels of `image_size`.
+        grid: `(h, w)` cells evenly covering the image.
+        image_size: `(H, W)` of the image the keypoints are in.
+        sigma: a bone's width of influence, a fraction of the image's longer side.
+    """
+    if sigma <= 0:
+        raise ValueError(f"bone_membership: sigma must be > 0, got {sigma}")
+    kp = _first_person(keypoints, "keypoints")
+    points, seen = _points(kp, kp[:, list(FACE), 2] > 0)  # (B, 20, 2), (B, 20)
+    a, b = (list(x) for x in zip(*BONES))
+    valid = seen[:, a] & seen[:, b] & ((points[:, b] - points[:, a]).norm(dim=-1) > 0)
+    p = cell_centres(grid, image_size, kp.device)  # (N, 2)
+    weights, coverage = _bone_weights(p, points[:, a], points[:, b], valid,
+                                      sigma * max(image_size))
+    return (weights * coverage[:, None]).reshape(kp.shape[0], len(BONES), *grid)
+
+
 def limb_flow(source_keypoints: torch.Tensor, target_keypoints: torch.Tensor,
               grid: tuple[int, int], image_size: tuple[int, int], sigma: float = 0.04,
               scale_range: tuple[float, float] = (1 / 3, 3.0)
@@ -120,23 +168,16 @@ def limb_flow(source_keypoints: torch.Tensor, target_keypoints: torch.Tensor,
     cos = (dt * ds).sum(-1) / (lt * ls).clamp_min(eps**2)
     sin = (dt[..., 0] * ds[..., 1] - dt[..., 1] * ds[..., 0]) / (lt * ls).clamp_min(eps**2)
 
-    ys = (torch.arange(h, device=src.device) + 0.5) * height / h - 0.5  # cell centres in pixels
-    xs = (torch.arange(w, device=src.device) + 0.5) * width / w - 0.5
-    p = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)  # (N, 2) x, y
+    p = cell_centres(grid, image_size, src.device)  # (N, 2) x, y
     rel = p - ((ta + tb) / 2)[..., None, :]  # (B, L, N, 2) from the target bone's midpoint
     rx, ry = rel[..., 0], rel[..., 1]
     c, s, k = cos[..., None], sin[..., None], scale[..., None]
     mid_s = ((sa + sb) / 2)[..., None, :]  # (B, L, 1, 2)
     q = torch.stack([k * (c * rx - s * ry), k * (s * rx + c * ry)], -1) + mid_s  # (B, L, N, 2)
 
-    logits = -_segment_distance2(p, ta, tb) / (2 * (sigma * max(height, width)) ** 2)
-    logits = logits.masked_fill(~valid[..., None], float("-inf"))  # (B, L, N)
-    any_bone = valid.any(1)  # (B,)
-    weights = torch.softmax(logits.masked_fill(~any_bone[:, None, None], 0.0), 1)
-    weights = weights * any_bone[:, None, None]  # (B, L, N)
+    weights, coverage = _bone_weights(p, ta, tb, valid, sigma * max(height, width))
     moved = (weights[..., None] * (q - p)).sum(1)  # (B, N, 2) in pixels
     moved = moved * moved.new_tensor([2 / width, 2 / height])  # normalised units
-    coverage = logits.amax(1).exp() * any_bone[:, None]  # (B, N)
     flow = moved.transpose(1, 2).reshape(-1, 2, h, w)  # (B, 2, h, w)
     return flow, coverage.reshape(-1, 1, h, w)
 

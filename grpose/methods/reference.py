@@ -13,7 +13,9 @@ the result's three parts are `A_own v`, `A_ref v_ref` and the own softmax mass `
 
 with O the layer's output projection (O' its weight, no bias), W a zero-initialised linear map
 per layer (ControlNet's zero convolution) and `scale (B,)` per item (source on / off,
-conditioning scale).
+conditioning scale). A `Reference` may add a term to the logits of its tokens (`match`: e.g.
+whether a query's and a token's cells show the same body part), as extra query / key channels
+of the same call.
 """
 from __future__ import annotations
 
@@ -34,11 +36,14 @@ class Reference:
     tokens: torch.Tensor  # (B, M, C) in the layer's input width
     projection: nn.Module  # (..., C_out) -> (..., C_out), zero-initialised
     scale: torch.Tensor  # (B,) per item
+    match: tuple[torch.Tensor, torch.Tensor] | None = None
+    """(query terms `(B, N, E)`, token terms `(B, M, E)`): their dot product is added to the
+    attention logit of each query and reference token (own tokens: nothing); None: nothing."""
 
     def map(self, fn) -> Reference:
-        """`fn` applied to the per-item scale (conditioning scale, masking); tokens and
-        projection stay."""
-        return Reference(self.tokens, self.projection, fn(self.scale))
+        """`fn` applied to the per-item scale (conditioning scale, masking); tokens, projection
+        and match stay."""
+        return Reference(self.tokens, self.projection, fn(self.scale), self.match)
 
 
 def check_layer(attn: nn.Module) -> None:
@@ -49,12 +54,13 @@ def check_layer(attn: nn.Module) -> None:
                          "(no cross-attention, group norm or spatial norm)")
 
 
-def joined_attention(attn: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor
+def joined_attention(attn: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor,
+                     match: tuple[torch.Tensor, torch.Tensor] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(own, joined) `(B, N, H * D)` before the output projection: diffusers `Attention` `attn`'s
     attention of `hidden (B, N, C)` over its own tokens, and over its own tokens and `tokens
-    (B, M, C)` (through the layer's own frozen projections), from one
-    `scaled_dot_product_attention` call."""
+    (B, M, C)` (through the layer's own frozen projections; `match`'s dot products added to
+    the latter's logits, every head alike), from one `scaled_dot_product_attention` call."""
     b, n, heads = hidden.shape[0], hidden.shape[1], attn.heads
     tokens = tokens.to(hidden.dtype)
 
@@ -68,16 +74,22 @@ def joined_attention(attn: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor
     if attn.norm_k is not None:
         key = attn.norm_k(key)
     d = value.shape[-1]
-    width = -(-(2 * d + 1) // 8) * 8  # 2D + 1 rounded up to a multiple of 8
+    extra = 0 if match is None else match[0].shape[-1]
+    width = -(-max(2 * d + 1, d + extra) // 8) * 8  # rounded up to a multiple of 8
+    query, key = F.pad(query, (0, width - d)), F.pad(key, (0, width - d))
+    if match is not None:  # (B, N, E) / (B, M, E) into channels D.. of every head
+        terms_q, terms_k = (m.to(query.dtype)[:, None].expand(-1, heads, -1, -1) for m in match)
+        query = torch.cat([query[..., :d], terms_q * d ** 0.5, query[..., d + extra:]], -1)
+        key = torch.cat([key[..., :d], torch.cat(
+            [torch.zeros_like(key[:, :, :n, :extra]), terms_k], 2), key[..., d + extra:]], -1)
     ones = value.new_ones(*value.shape[:-1], 1)
     widened = torch.cat([torch.cat([value, torch.zeros_like(value), ones], -1),  # (B,H,N,2D+1)
                          torch.cat([torch.zeros_like(ref_value), ref_value,
                                     ref_value.new_zeros(*ref_value.shape[:-1], 1)], -1)], 2)
     # queries, keys and values of one width (zeros added: the same scores) keep the fused
     # kernels; a value width other than the queries' falls back to the slow math path
-    out = F.scaled_dot_product_attention(
-        F.pad(query, (0, width - d)), F.pad(key, (0, width - d)),
-        F.pad(widened, (0, width - 2 * d - 1)), scale=d ** -0.5)  # (B, H, N, width)
+    out = F.scaled_dot_product_attention(query, key, F.pad(widened, (0, width - 2 * d - 1)),
+                                         scale=d ** -0.5)  # (B, H, N, width)
     own_part, ref_part, mass = out[..., :d], out[..., d:2 * d], out[..., 2 * d:2 * d + 1]
 
     def merge(x):  # (B, H, N, D) -> (B, N, H * D)
@@ -114,7 +126,8 @@ class ReferenceProcessor:
         shape = hidden_states.shape
         if hidden_states.ndim == 4:
             hidden_states = hidden_states.flatten(2).transpose(1, 2)  # (B, h w, C)
-        own, joined = joined_attention(attn, hidden_states, self.reference.tokens)
+        own, joined = joined_attention(attn, hidden_states, self.reference.tokens,
+                                       self.reference.match)
         linear = attn.to_out[0]
         delta = self.reference.projection(F.linear((joined - own).to(linear.weight.dtype),
                                                    linear.weight))  # (B, N, C_out)

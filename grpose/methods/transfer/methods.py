@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from grpose.data.condition import PoseCondition
-from grpose.data.limb_warp import limb_flow
+from grpose.data.limb_warp import bone_membership, limb_flow
 from grpose.methods.base import zero_module
 from grpose.methods.reference import Reference, check_layer
 from grpose.methods.transfer.alignment import RecurrentAlignment, warp
@@ -150,11 +150,29 @@ class ReferenceAttention(SourceUnaligned):
     linear map per layer (`projections`), times the item's source switch. Cannot train under
     the UNet's gradient checkpointing (see `grpose.methods.reference.attend`).
 
+    Ours, not a published system's: a body-part prior on the attention (`part_match` > 0). The
+    published systems learn which source token a target query should read from large-scale
+    training; on a small budget the frozen queries and keys do not find it. Each query of the
+    target person and each source token get their cell's `bone_membership` (which limb it lies
+    on, from the target's and the source's keypoints; `limb_vectors`), and a token's logit gains
+    `b (2 m_q . m_k - 1)`: +b where both show the same limb (left and right apart, views
+    flipped alike), -b where they do not or the query is off the person; b per layer, learnt,
+    starting at `part_match`. Items without a target pose get no prior.
+
     Args:
         downscale_factor: the VAE's latent factor (8 for SD 1.5, 4 for the tiny base).
         channels: feature channels per UNet level (None: the UNet's `block_out_channels`).
         sigma: of the joint maps, in latent cells.
+        part_match: the body-part prior's initial strength b (0: none).
+        limb_width: `bone_membership`'s bone width, a fraction of the image's longer side.
     """
+
+    def __init__(self, downscale_factor: int = 8, channels: list[int] | None = None,
+                 sigma: float = 1.0, part_match: float = 4.0, limb_width: float = 0.04):
+        super().__init__(downscale_factor, channels, sigma)
+        if part_match < 0:
+            raise ValueError(f"ReferenceAttention: part_match must be >= 0, got {part_match}")
+        self.part_match, self.limb_width = float(part_match), limb_width
 
     def attach_source(self, unet: nn.Module) -> None:
         super().attach_source(unet)
@@ -169,20 +187,54 @@ class ReferenceAttention(SourceUnaligned):
         self.projections = nn.ModuleList(
             zero_module(nn.Linear(layer.to_out[0].out_features, layer.to_out[0].out_features,
                                   bias=False)) for layer in layers)
+        self.match_strength = (nn.Parameter(torch.full((len(layers),), self.part_match))
+                               if self.part_match > 0 else None)
 
     def source_features(self, cond: PoseCondition) -> None:
         return None  # the source enters through attention only
 
+    def part_terms(self, cond: PoseCondition, grid: tuple[int, int]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query terms `(B, N, L + 1)`, token terms `(B, M, L + 1)`) on a level's `grid`, whose
+        dot product is `2 m_q . m_k - 1` (0 for items without a target pose)."""
+        image_size = tuple(cond.pose_image.shape[-2:])
+        with torch.no_grad():
+            target, source = (self.limb_vectors(bone_membership(k, grid, image_size,
+                                                                self.limb_width))
+                              for k in (cond.keypoints, cond.source_keypoints))
+        query = gate(torch.cat([target, torch.ones_like(target[..., :1])], -1), cond.active)
+        return query, torch.cat([2 * source, -torch.ones_like(source[..., :1])], -1)
+
+    @staticmethod
+    def limb_vectors(membership: torch.Tensor) -> torch.Tensor:
+        """`(B, L, h, w)` bone memberships -> `(B, h w, L)` vectors m of length the cell's
+        coverage, in the direction of its membership: `m_q . m_k` is ~1 for two cells on the
+        same limb, also where a cell lies between bones (at joints, on coarse grids)."""
+        m = membership.flatten(2).transpose(1, 2)  # (B, N, L); rows sum to the coverage
+        return m * (m.sum(-1, keepdim=True) / m.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
     def references(self, cond: PoseCondition) -> dict[str, Reference]:
         features, _ = self.encode_source(cond)
         scale = cond.source_active.float()  # (B,)
+        terms = {}
         refs = {}
-        for (name, level), proj, out in zip(self.layers, self.tokens, self.projections):
+        for k, ((name, level), proj, out) in enumerate(zip(self.layers, self.tokens,
+                                                            self.projections)):
             tokens = proj(features[level].flatten(2).transpose(1, 2))  # (B, h_l w_l, C)
-            refs[name] = Reference(tokens, out, scale)
+            match = None
+            if self.match_strength is not None:
+                if level not in terms:
+                    terms[level] = self.part_terms(cond, tuple(features[level].shape[-2:]))
+                query, key = terms[level]
+                match = (query.to(tokens.dtype), key.to(tokens.dtype) * self.match_strength[k])
+            refs[name] = Reference(tokens, out, scale, match)
         return refs
 
     def training_logs(self) -> dict[str, torch.Tensor]:
-        """`gate`: the mean |W| of the zero-initialised projections (how open the method is)."""
+        """`gate`: the mean |W| of the zero-initialised projections (how open the method is);
+        `part_match`: the body-part prior's mean strength."""
         with torch.no_grad():
-            return {"gate": torch.stack([p.weight.abs().mean() for p in self.projections]).mean()}
+            logs = {"gate": torch.stack([p.weight.abs().mean() for p in self.projections]).mean()}
+            if self.match_strength is not None:
+                logs["part_match"] = self.match_strength.mean()
+            return logs
