@@ -1,7 +1,8 @@
 """Reference attention's processor (`grpose.methods.reference`): diffusers' own attention when
-its projection is zero, the joined attention of a slow two-call computation otherwise, one
-`scaled_dot_product_attention` call per layer, processors restored after the call (and after an
-error), and a zero projection that opens after one optimizer step."""
+its projection is zero, the joined attention of a slow explicit-softmax computation otherwise
+(with and without a match term on the reference logits), one `scaled_dot_product_attention`
+call per layer, processors restored after the call (and after an error), a zero projection that
+opens after one optimizer step, and `ReferenceAttention`'s body-part prior."""
 from __future__ import annotations
 
 import copy
@@ -49,12 +50,15 @@ def test_a_zero_projection_is_diffusers_own_attention(tiny_parts, tiny_inputs):
     torch.testing.assert_close(joined, plain, rtol=1e-5, atol=1e-6)
 
 
-def test_the_joined_attention_equals_the_slow_two_call_computation(tiny_parts):
+@pytest.mark.parametrize("with_match", [False, True])
+def test_the_joined_attention_equals_the_slow_computation(tiny_parts, with_match):
     unet = tiny_parts[0]
     attn = unet.get_submodule(LAYER)
     g = torch.Generator().manual_seed(1)
     hidden = torch.randn(2, 16, attn.to_q.in_features, generator=g)
     tokens = torch.randn(2, 5, attn.to_q.in_features, generator=g)
+    match = (torch.randn(2, 16, 13, generator=g), torch.randn(2, 5, 13, generator=g)
+             ) if with_match else None
     proj = nn.Linear(attn.to_out[0].out_features, attn.to_out[0].out_features, bias=False)
     nn.init.normal_(proj.weight, std=0.3)
     scale = torch.tensor([1.0, 0.5])
@@ -68,15 +72,18 @@ def test_the_joined_attention_equals_the_slow_two_call_computation(tiny_parts):
         q = split(attn.to_q(hidden))
         k, v = split(attn.to_k(hidden)), split(attn.to_v(hidden))
         k_ref, v_ref = split(attn.to_k(tokens)), split(attn.to_v(tokens))
-        own = merge(F.scaled_dot_product_attention(q, k, v))
-        joined = merge(F.scaled_dot_product_attention(q, torch.cat([k, k_ref], 2),
-                                                      torch.cat([v, v_ref], 2)))
+        d = q.shape[-1]
+        bias = 0 if match is None else (match[0] @ match[1].transpose(-1, -2))[:, None]
+        logits = torch.cat([q @ k.transpose(-1, -2), q @ k_ref.transpose(-1, -2)], -1) / d**0.5
+        logits[..., 16:] += bias  # the match term: the reference tokens' logits only
+        own = merge(logits[..., :16].softmax(-1) @ v)
+        joined = merge(logits.softmax(-1) @ torch.cat([v, v_ref], 2))
         delta = proj(F.linear(joined - own, attn.to_out[0].weight))
         want = attn.to_out[0](own) + scale.view(-1, 1, 1) * delta
-        with attend(unet, {LAYER: Reference(tokens, proj, scale)}):
+        with attend(unet, {LAYER: Reference(tokens, proj, scale, match)}):
             got = attn(hidden)
     assert not torch.allclose(got, attn(hidden), atol=1e-3)  # the tokens do change it
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_one_attention_call_per_layer(tiny_parts, tiny_inputs, monkeypatch):
@@ -111,37 +118,6 @@ def test_processors_are_restored_after_the_call_and_after_an_error(tiny_parts, t
         raise RuntimeError("a failing call")
     assert processors(unet) == before
     assert not any(isinstance(m, nn.Linear) and "processor" in n for n, m in unet.named_modules())
-
-
-def test_a_match_term_is_added_to_the_reference_logits_only(tiny_parts):
-    unet = tiny_parts[0]
-    attn = unet.get_submodule(LAYER)
-    g = torch.Generator().manual_seed(3)
-    hidden = torch.randn(2, 16, attn.to_q.in_features, generator=g)
-    tokens = torch.randn(2, 5, attn.to_q.in_features, generator=g)
-    match = torch.randn(2, 16, 13, generator=g), torch.randn(2, 5, 13, generator=g)
-    proj = nn.Linear(attn.to_out[0].out_features, attn.to_out[0].out_features, bias=False)
-    nn.init.normal_(proj.weight, std=0.3)
-
-    def split(x):  # (B, L, H * D) -> (B, H, L, D)
-        return x.view(2, x.shape[1], attn.heads, -1).transpose(1, 2)
-
-    with torch.no_grad():
-        q, k, v = split(attn.to_q(hidden)), split(attn.to_k(hidden)), split(attn.to_v(hidden))
-        k_ref, v_ref = split(attn.to_k(tokens)), split(attn.to_v(tokens))
-        d = q.shape[-1]
-        logits = torch.cat([q @ k.transpose(-1, -2) / d ** 0.5,
-                            q @ k_ref.transpose(-1, -2) / d ** 0.5
-                            + (match[0] @ match[1].transpose(-1, -2))[:, None]], -1)
-        joined = (logits.softmax(-1) @ torch.cat([v, v_ref], 2)).transpose(1, 2).flatten(2)
-        own = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
-        want = attn.to_out[0](own) + proj(F.linear(joined - own, attn.to_out[0].weight))
-        with attend(unet, {LAYER: Reference(tokens, proj, torch.ones(2), match)}):
-            got = attn(hidden)
-        with attend(unet, {LAYER: Reference(tokens, proj, torch.ones(2))}):
-            unmatched = attn(hidden)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(got, unmatched, atol=1e-3)
 
 
 def test_scaled_and_masked_conditioning_reach_the_reference_scale():
