@@ -2,6 +2,7 @@
 processes, the report, reuse; the summary statistics and the task runner on their own."""
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -138,3 +139,16 @@ def test_a_stage_draws_the_same_whatever_ran_before_it(tmp_path):
     assert again["x"] == first["x"] and torch.equal(torch.get_rng_state(), state)
     assert run_stage(DemoConfig(out=str(tmp_path / "c"), seed=1), "pose", {}, draw)["x"] != \
         first["x"]  # another seed (or stage name) draws otherwise
+
+
+def test_a_retrained_stage_starts_a_fresh_tensorboard_folder(tmp_path):
+    from grpose.demo.stages import trainer
+    cfg = DemoConfig(out=str(tmp_path))
+    old = tmp_path / "tb" / "pose_only-s0" / "events.out.tfevents.old"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"the curves of a replaced training")
+    (tmp_path / "tb" / "pose_only-s1").mkdir()
+    t = trainer(cfg, "pose_only-s0", 1)
+    assert not old.exists()
+    assert os.path.normpath(t.logger.log_dir) == str(tmp_path / "tb" / "pose_only-s0")
+    assert (tmp_path / "tb" / "pose_only-s1").exists()  # other stages' curves stay

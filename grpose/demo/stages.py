@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import time
 import zlib
 from dataclasses import asdict
@@ -58,6 +59,9 @@ class Progress(L.Callback):
 
 
 def trainer(cfg, name: str, steps: int) -> L.Trainer:
+    """The Trainer of stage `name`; its TensorBoard folder `<out>/tb/<name>` starts empty (the
+    curves of an earlier, now replaced, training of the stage are removed)."""
+    shutil.rmtree(os.path.join(cfg.out, "tb", name), ignore_errors=True)
     return L.Trainer(accelerator="cpu", devices=1, max_steps=steps, log_every_n_steps=10,
                      logger=TensorBoardLogger(os.path.join(cfg.out, "tb"), name=name, version=""),
                      enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
