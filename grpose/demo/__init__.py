@@ -27,6 +27,31 @@ from dataclasses import asdict
 from grpose.demo.run import COMPARE, QUICK, DemoConfig, parse, run
 
 
+def add_flags(p: argparse.ArgumentParser, config, helps, skip=()) -> None:
+    """One `--flag` per field of the dataclass `config` (booleans: `--x` / `--no-x`), default
+    None (not given; `helps(field, value)` its help), and `--quick`."""
+    for field, value in asdict(config).items():
+        if field in skip:
+            continue
+        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(value, bool) else dict(
+            type=type(value))
+        p.add_argument(f"--{field.replace('_', '-')}", **kind, default=None,
+                       help=helps(field, value))
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (for tests)")
+
+
+def build_config(cls, check, preset: dict, args: dict):
+    """`cls(**preset, **given flags)` checked by `check`; bad settings end the command with one
+    line, before any training."""
+    given = {k: v for k, v in args.items() if v is not None}
+    try:
+        cfg = cls(**{**preset, **given})
+        check(cfg)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    return cfg
+
+
 def main(argv=None) -> dict:
     """`python -m grpose.demo [compare | compare-transfer] [--flags]`: run the demo or a
     comparison."""
@@ -39,20 +64,12 @@ def main(argv=None) -> dict:
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("command", nargs="?", choices=("demo", "compare", "compare-transfer"),
                    default="demo")
-    for field, value in asdict(DemoConfig()).items():
-        p.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=None,
-                       help=f"default {value!r} (compare: {COMPARE[field]!r})"
-                       if field in COMPARE else f"default {value!r}")
-    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (for tests)")
+    add_flags(p, DemoConfig(), lambda field, value: f"default {value!r}" + (
+        f" (compare: {COMPARE[field]!r})" if field in COMPARE else ""))
     args = vars(p.parse_args(argv))
     command, quick = args.pop("command"), args.pop("quick")
     preset = {**(COMPARE if command == "compare" else {}), **(QUICK if quick else {})}
-    given = {k: v for k, v in args.items() if v is not None}
-    try:  # bad settings: one line, before any training
-        cfg = DemoConfig(**{**preset, **given})
-        parse(cfg)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    cfg = build_config(DemoConfig, parse, preset, args)
     title = "grpose method comparison" if command == "compare" else "grpose demo results"
     return run(cfg, title)
 
@@ -67,24 +84,11 @@ def compare_transfer(argv: list[str]) -> dict:
     p = argparse.ArgumentParser(prog="python -m grpose.demo compare-transfer",
                                 description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
-    for field, value in asdict(TransferConfig()).items():
-        if field in NOT_READ:
-            continue
-        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(value, bool) else dict(
-            type=type(value))
-        p.add_argument(f"--{field.replace('_', '-')}", **kind, default=None,
-                       help=f"default {value!r}")
-    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (for tests)")
+    add_flags(p, TransferConfig(), lambda field, value: f"default {value!r}", skip=NOT_READ)
     args = vars(p.parse_args(argv))
     preset = {**QUICK, "num_fid_real": 16, "scales": "1", "pairs_train": 32, "pairs_val": 8,
               "pairs_tune": 4} if args.pop("quick") else {}
-    given = {k: v for k, v in args.items() if v is not None}
-    try:  # bad settings: one line, before any training
-        cfg = TransferConfig(**{**preset, **given})
-        parse_transfer(cfg)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    return run_transfer(cfg)
+    return run_transfer(build_config(TransferConfig, parse_transfer, preset, args))
 
 
 __all__ = ["DemoConfig", "main", "run"]
