@@ -21,6 +21,7 @@ from grpose.demo.run import DemoConfig
 from grpose.demo.scoring import evaluate
 from grpose.demo.stages import datasets, read_stage
 from grpose.diffusion.components import load_vae
+from grpose.metrics.report import markdown_table
 from grpose.pose.detector import load_pose_checkpoint
 
 
@@ -63,10 +64,7 @@ def main(argv=None) -> dict:
     if args.json:
         print(json.dumps(rows))
     else:
-        print("| row | AP | CAP | PCE | FID | KID | AP / real AP |\n|---|---|---|---|---|---|---|")
-        for name, r in rows.items():
-            print(f"| {name} | {r['ap']:.2f} | {r['cap']:.2f} | {r['pce']:.3f} | {r['fid']:.3f} "
-                  f"| {r['kid']:.3f} | {r['ap_vs_real']:.3f} |")
+        print(markdown_table(rows, first="row"), end="")
     return rows
 
 
