@@ -29,6 +29,7 @@ from grpose.callbacks.run import checkpoint_dir, last_checkpoint, predict_dir
 from grpose.compat import argument_error_line
 from grpose.data.io import DataError
 from grpose.diffusion.checkpoint import read_checkpoint
+from grpose.diffusion.settings import MOVED
 from grpose.methods import ALL_METHODS
 
 PATH_ARGS = ("root", "image_root", "eval_list", "path", "weights", "checkpoint")  # inputs
@@ -160,6 +161,16 @@ def locate(message: str, args: list[str]) -> str | None:
     return None
 
 
+def moved_hint(line: str) -> str:
+    """An error line about a `PoseDiffusionModule` setting given flat (`model.init_args.lr`), with
+    where it is now (`model.init_args.training.lr`); any other line unchanged."""
+    found = re.search(r"PoseDiffusionModule'\): Option '(\w+)' is not accepted", line)
+    if found is None or found.group(1) not in MOVED:
+        return line
+    name = found.group(1)
+    return f"{line}: it is model.init_args.{MOVED[name]}.{name} now"
+
+
 class GRPoseCLI(LightningCLI):
     """LightningCLI with any `LightningModule` / `LightningDataModule` chosen by `class_path`.
 
@@ -188,7 +199,7 @@ class GRPoseCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as e:
-            raise ConfigError(argument_error_line(str(e)), parsing=True) from None
+            raise ConfigError(moved_hint(argument_error_line(str(e))), parsing=True) from None
         config = self._subconfig()
         ckpt = config.get("ckpt_path")
         if ckpt and ckpt not in SPECIAL_CKPT and not str(ckpt).startswith("registry") \

@@ -36,8 +36,7 @@ def tiny_runs(root, tiny_parts, perturb, names=("grpose_skeleton", "controlnet")
     """A runs folder with tiny bundles (1 sampling step, a detector) and optionally a held-out
     synthetic set, laid out as the demo writes them."""
     for name in names:
-        module = tiny_module(tiny_parts, name, perturb)
-        module.hparams.num_inference_steps = 1
+        module = tiny_module(tiny_parts, name, perturb, steps=1)
         folder = str(root / "demo" / "bundles" / f"{name}-s0")
         write_tiny_bundle(folder, tiny_parts, module, detector=detector_spec(folder))
     if held_out:

@@ -31,8 +31,8 @@ def runs(tmp_path_factory, tiny_parts):
     from conftest import perturb_zero_parameters
     root = tmp_path_factory.mktemp("runs")
     for bundle_id in IDS:
-        module = tiny_module(tiny_parts, bundle_id.split("/")[-1][:-3], perturb_zero_parameters)
-        module.hparams.num_inference_steps = 2
+        module = tiny_module(tiny_parts, bundle_id.split("/")[-1][:-3], perturb_zero_parameters,
+                             steps=2)
         folder = str(root / bundle_id)
         write_tiny_bundle(folder, tiny_parts, module, detector=detector_spec(folder),
                           detector_knows=KNOWS)

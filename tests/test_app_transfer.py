@@ -36,9 +36,8 @@ def server(tmp_path_factory, tiny_parts):
     root = tmp_path_factory.mktemp("runs")
     for bundle_id, module in (
             (TRANSFER, tiny_transfer_module(tiny_parts, "source_unaligned",
-                                            perturb_zero_parameters)),
-            (POSE_ID, tiny_module(tiny_parts, "no_pose", perturb_zero_parameters))):
-        module.hparams.num_inference_steps = 1
+                                            perturb_zero_parameters, steps=1)),
+            (POSE_ID, tiny_module(tiny_parts, "no_pose", perturb_zero_parameters, steps=1))):
         folder = str(root / bundle_id)
         write_tiny_bundle(folder, tiny_parts, module, detector=detector_spec(folder))
     server = serve(str(root), port=0)

@@ -63,11 +63,22 @@ def test_missing_paths_named_before_anything_is_built(tmp_path):
     ("--data.init_args.train.init_args.resolution=62",
      "error: data.init_args.train.init_args.resolution: 62 is not a multiple of the VAE's "
      "downsampling factor 4"),
-    ("--model.init_args.on_nonfinite=sometimes",  # what a constructor rejects
-     "error: on_nonfinite must be one of ('raise', 'skip'), got 'sometimes'"),
+    ("--model.init_args.training.on_nonfinite=sometimes",  # what a constructor rejects
+     "error: training.on_nonfinite must be one of ('raise', 'skip'), got 'sometimes'"),
 ])
 def test_bad_value_found_by_the_parts_stops_before_training(tmp_path, override, expected):
     assert cli_error(*TINY, override, f"--trainer.default_root_dir={tmp_path}") == expected
+
+
+def test_a_setting_given_flat_names_its_group(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  init_args:\n    lr: 1.0e-4\n")
+    flat = "model (class_path 'grpose.diffusion.PoseDiffusionModule'): Option '{}' is not accepted"
+    assert cli_error(*TINY, "--config", str(old)) == (
+        f"error: {old}: {flat.format('lr')}: it is model.init_args.training.lr now")
+    assert cli_error(*TINY, "--model.init_args.gradient_checkpointing=true") == (
+        f"error: command line: {flat.format('gradient_checkpointing')}: it is "
+        "model.init_args.memory.gradient_checkpointing now")
 
 
 def test_module_checks_its_data_in_setup(tmp_path, tiny_parts):

@@ -5,9 +5,8 @@ import torch
 
 from grpose.data.render import pose_mask
 
-from grpose.diffusion import PoseDiffusionModule
+from grpose.diffusion import PoseDiffusionModule, SamplingSettings, TrainingSettings
 from grpose.diffusion.components import noise_scheduler, tiny_unet
-from grpose.diffusion.generation import SamplingSettings
 from grpose.diffusion.losses import LossTerm, pose_weighted_mse
 from grpose.methods import ControlNet, NoPose
 
@@ -19,7 +18,7 @@ BATCH_ATOL = 1e3 * torch.finfo(torch.float32).eps
 def make_module(tiny_parts, method=None, **kwargs):
     unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
     method = method or ControlNet(conditioning_channels=(8, 16, 32))
-    kwargs.setdefault("num_inference_steps", 3)
+    kwargs.setdefault("sampling", SamplingSettings(3))
     return PoseDiffusionModule(unet, vae, text, method, noise_scheduler(), **kwargs)
 
 
@@ -93,13 +92,13 @@ def test_sampling_deterministic_per_seed(tiny_parts, tiny_batch):
 
 def test_sampling_settings_are_grouped_and_a_call_overrides_them(tiny_parts, tiny_batch,
                                                                  perturb_zero_parameters):
-    m = make_module(tiny_parts, negative_prompt="blurry", seed=7).eval()
-    assert m.sampling_settings == SamplingSettings(3, 1.0, "blurry", 0.0, 7)
+    m = make_module(tiny_parts, sampling=SamplingSettings(3, negative_prompt="blurry"),
+                    seed=7).eval()
+    assert m.sampling_settings == SamplingSettings(3, 1.0, "blurry", 0.0)
     perturb_zero_parameters(m.method)  # so that the conditioning scale matters
-    other = make_module(tiny_parts, num_inference_steps=2, conditioning_scale=0.5,
-                        negative_prompt="dark", seed=7).eval()
+    other = make_module(tiny_parts, sampling=SamplingSettings(2, 0.5, "dark"), seed=7).eval()
     other.method.load_state_dict(m.method.state_dict())
-    assert other.sampling_settings == SamplingSettings(2, 0.5, "dark", 0.0, 7)
+    assert other.sampling_settings == SamplingSettings(2, 0.5, "dark", 0.0)
     overridden = m.generate(tiny_batch, num_inference_steps=2, scale=0.5, negative_prompt="dark")
     assert torch.equal(overridden, other.generate(tiny_batch))
     assert not torch.equal(overridden, m.generate(tiny_batch))
@@ -107,18 +106,18 @@ def test_sampling_settings_are_grouped_and_a_call_overrides_them(tiny_parts, tin
 
 
 def test_trainable_unet_for_base_training(tiny_parts, tiny_batch):
-    m = make_module(tiny_parts, NoPose(), trainable=["unet"])
+    m = make_module(tiny_parts, NoPose(), training=TrainingSettings(trainable=["unet"]))
     assert {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad} == {"unet"}
-    with pytest.raises(ValueError, match="unknown parts"):
-        make_module(tiny_parts, trainable=["decoder"])
+    with pytest.raises(ValueError, match=r"training\.trainable: unknown parts"):
+        TrainingSettings(trainable=["decoder"])
 
 
 def test_cubic_timestep_sampling_favours_high_noise(tiny_parts):
     uniform = make_module(tiny_parts, NoPose()).sample_timesteps(4000, "cpu")
-    cubic = make_module(tiny_parts, NoPose(),
-                        timestep_sampling="cubic").sample_timesteps(4000, "cpu")
+    cubic = make_module(tiny_parts, NoPose(), training=TrainingSettings(
+        timestep_sampling="cubic")).sample_timesteps(4000, "cpu")
     assert 0 <= int(cubic.min()) and int(cubic.max()) <= 999
     assert abs(uniform.float().mean() - 500) < 30
     assert abs(cubic.float().mean() - 750) < 30  # E[1 - u^3] = 3/4
-    with pytest.raises(ValueError, match="timestep_sampling"):
-        make_module(tiny_parts, NoPose(), timestep_sampling="cosine")
+    with pytest.raises(ValueError, match=r"training\.timestep_sampling"):
+        TrainingSettings(timestep_sampling="cosine")

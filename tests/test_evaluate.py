@@ -102,13 +102,14 @@ def test_validation_logs_generation_metrics(tiny_parts, tiny_batch):
     import lightning as L
 
     from grpose.data import PoseDataModule
-    from grpose.diffusion import PoseDiffusionModule
+    from grpose.diffusion import PoseDiffusionModule, SamplingSettings, TrainingSettings
     from grpose.diffusion.components import noise_scheduler
     from grpose.methods import NoPose
     unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
     metrics = GenerationMetrics(LookupDetector({}))
-    m = PoseDiffusionModule(unet, vae, text, NoPose(), noise_scheduler(),
-                            num_inference_steps=2, val_metrics=metrics, val_metric_batches=1)
+    m = PoseDiffusionModule(unet, vae, text, NoPose(), noise_scheduler(), val_metrics=metrics,
+                            training=TrainingSettings(val_metric_batches=1),
+                            sampling=SamplingSettings(num_inference_steps=2))
     data = PoseDataModule(val=SyntheticPoseDataset(4, split="val", resolution=64),
                           eval_batch_size=2)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,

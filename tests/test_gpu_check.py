@@ -232,7 +232,7 @@ def test_sd15_fit_and_sample_through_the_cli_on_cuda(tmp_path, sd15_folder):
     out = tmp_path / "predict"
     main(["predict", *run_args(base, root, "mapping", *gpu, f"--ckpt_path={ckpt}",
                                f"--predict_writer.out_dir={out}", "--trainer.logger=false",
-                               "--model.init_args.num_inference_steps=2",
+                               "--model.init_args.sampling.num_inference_steps=2",
                                f"--data.init_args.val.init_args.eval_list={root}/eval_ids.txt")])
     assert sorted(n for n in os.listdir(out) if not n.startswith("grid_")) == sorted(
         f"{i}.png" for i in EVAL_IDS)

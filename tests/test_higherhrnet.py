@@ -269,8 +269,8 @@ def test_validation_metrics_with_the_detector_through_the_cli(mmpose_higherhrnet
                "eval/val_metrics")
     cli = main(["validate", *[a for c in configs for a in ("--config", f"configs/{c}.yaml")],
                 "--model.init_args.val_metrics.init_args.detector.init_args.checkpoint="
-                f"{mmpose_higherhrnet[0]}", "--model.init_args.val_metric_batches=1",
-                "--model.init_args.num_inference_steps=2", "--trainer.limit_val_batches=1",
+                f"{mmpose_higherhrnet[0]}", "--model.init_args.training.val_metric_batches=1",
+                "--model.init_args.sampling.num_inference_steps=2", "--trainer.limit_val_batches=1",
                 "--data.init_args.eval_batch_size=2", f"--trainer.default_root_dir={tmp_path}",
                 "--trainer.logger=false"])
     assert isinstance(cli.model.val_metrics.detector, HigherHRNetDetector)

@@ -17,7 +17,7 @@ import yaml
 
 import grpose.methods.stable_pose as sp
 from grpose.cli import main
-from grpose.diffusion import PoseDiffusionModule
+from grpose.diffusion import PoseDiffusionModule, TrainingSettings
 from grpose.diffusion.components import noise_scheduler
 from grpose.diffusion.denoiser import predict_eps
 from grpose.diffusion.losses import DiffusionStep, DynamicPoseWeightedMSE, pose_weighted_mse
@@ -194,7 +194,8 @@ def test_method_with_the_knowledge_base(knowledge_base, tiny_parts, tiny_batch):
     path, cli = knowledge_base
     unet, vae, text_encoder = (copy.deepcopy(p) for p in tiny_parts)
     method = method_from_config(TINY, knowledge_base=path)
-    module = PoseDiffusionModule(unet, vae, text_encoder, method, noise_scheduler(), lr=1e-3)
+    module = PoseDiffusionModule(unet, vae, text_encoder, method, noise_scheduler(),
+                                 training=TrainingSettings(lr=1e-3))
     kb = method.knowledge
     assert kb.num_codes == 16 and method.film.code_embed.num_embeddings == 16
     assert not list(kb.parameters())  # buffers: no optimizer reaches them
@@ -215,14 +216,14 @@ def test_fit_and_predict_through_the_cli_with_the_knowledge_base(knowledge_base,
     kb = f"--model.init_args.method.init_args.knowledge_base={knowledge_base[0]}"
     cli = main(["fit", *configs, kb, "--trainer.fast_dev_run=1", "--data.init_args.batch_size=2",
                 f"--trainer.default_root_dir={tmp_path}",
-                "--model.init_args.num_inference_steps=2"])
+                "--model.init_args.sampling.num_inference_steps=2"])
     assert cli.trainer.global_step == 1
     assert type(cli.model.loss) is DynamicPoseWeightedMSE
     out = tmp_path / "pred"
     main(["predict", *configs, kb, f"--predict_writer.out_dir={out}",
           f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
           "--data.init_args.eval_batch_size=2", "--data.init_args.val.init_args.num_samples=2",
-          "--model.init_args.num_inference_steps=2", "--allow_untrained=true"])
+          "--model.init_args.sampling.num_inference_steps=2", "--allow_untrained=true"])
     assert sorted(os.listdir(out)) == ["config.yaml", "grid_0_00000.png",  # + what made them
                                        "validation_000000.png", "validation_000001.png"]
 

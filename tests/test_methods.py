@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from grpose.diffusion import PoseDiffusionModule
+from grpose.diffusion import PoseDiffusionModule, SamplingSettings, TrainingSettings
 from grpose.diffusion.components import noise_scheduler, seeded
 from grpose.diffusion.denoiser import predict_eps
 from grpose.methods import METHODS, method_from_config
@@ -74,18 +74,19 @@ def test_methods_sharing_one_unet_predict_alike_in_any_order(tiny_parts, tiny_in
         assert torch.equal(trained[0][name], trained[1][name]), name
 
 
-def config_trainable(name: str) -> list[str] | None:
-    """`model.init_args.trainable` of a method's tiny config (None: the method only)."""
+def config_trainable(name: str) -> list[str]:
+    """`model.init_args.training.trainable` of a method's tiny config (default: the method)."""
     import yaml
     with open(f"configs/method/tiny/{name}.yaml") as f:
-        return yaml.safe_load(f)["model"]["init_args"].get("trainable")
+        training = yaml.safe_load(f)["model"]["init_args"].get("training", {})
+    return training.get("trainable", ["method"])
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_one_training_step_changes_only_the_trainable_parts(tiny_parts, tiny_batch, name):
     unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
-    m = PoseDiffusionModule(unet, vae, text, build(name), noise_scheduler(), lr=1e-3,
-                            trainable=config_trainable(name))
+    m = PoseDiffusionModule(unet, vae, text, build(name), noise_scheduler(),
+                            training=TrainingSettings(lr=1e-3, trainable=config_trainable(name)))
     parts = tuple(f"{p}." for p in m.trainable)  # "method" for pose methods; HumanSD: + "unet"
     frozen = {k: v.clone() for k, v in m.state_dict().items() if not k.startswith(parts)}
     before = {k: v.clone() for k, v in m.state_dict().items() if k.startswith(parts)}
@@ -108,7 +109,7 @@ def test_one_training_step_changes_only_the_trainable_parts(tiny_parts, tiny_bat
 def test_seeded_sampling_reproduces(tiny_parts, tiny_batch, name, perturb_zero_parameters):
     unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
     m = PoseDiffusionModule(unet, vae, text, build(name), noise_scheduler(),
-                            num_inference_steps=2).eval()
+                            sampling=SamplingSettings(num_inference_steps=2)).eval()
     perturb_zero_parameters(m.method)
     a, b = m.generate(tiny_batch), m.generate(tiny_batch)
     assert torch.equal(a, b) and not torch.equal(a, m.generate(tiny_batch, seeds=[5, 6, 7]))

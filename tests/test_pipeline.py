@@ -41,7 +41,7 @@ def test_pipeline_equals_generate_for_the_same_seed(tmp_path, tiny_parts, sample
     other = PosePipeline(module, RENDER)(sample.caption, sample.keypoints.numpy(), seed=7,
                                          guidance_scale=5.0, num_inference_steps=2)
     assert not np.array_equal(np.asarray(other.images[0]), pixels[0].numpy())
-    assert module.hparams.num_inference_steps == 3 and module.guidance.scale == 2.0
+    assert module.sampling_settings.num_inference_steps == 3 and module.guidance.scale == 2.0
 
 
 def test_the_pose_condition_is_the_datasets_render(tiny_parts, sample, perturb_zero_parameters):
@@ -198,6 +198,6 @@ def test_a_cli_checkpoint_becomes_a_bundle_that_predict_reads(tmp_path, capsys):
                       f"--trainer.default_root_dir={tmp_path}",
                       "--data.init_args.eval_batch_size=2",
                       "--data.init_args.val.init_args.num_samples=2",
-                      "--model.init_args.num_inference_steps=1"])
+                      "--model.init_args.sampling.num_inference_steps=1"])
     for k, v in cli.model.method.state_dict().items():  # the bundle's method, read by predict
         assert torch.equal(predicted.model.method.state_dict()[k], v)

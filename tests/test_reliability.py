@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from grpose.cli import main
 from grpose.data import PoseDataModule, SyntheticPoseDataset, collate_pose_samples
-from grpose.diffusion import PoseDiffusionModule
+from grpose.diffusion import PoseDiffusionModule, TrainingSettings
 from grpose.diffusion.components import noise_scheduler
 from grpose.diffusion.losses import LossTerm
 from grpose.methods import ControlNet
@@ -54,13 +54,14 @@ class SGDModule(PoseDiffusionModule):
     the update are noise too: 6e-5 = 0.06 lr apart after one step, measured.)"""
 
     def configure_optimizers(self):
-        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], self.hparams.lr)
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], self.training_settings.lr)
 
 
-def make_module(tiny_parts, cls=PoseDiffusionModule, **kwargs):
+def make_module(tiny_parts, cls=PoseDiffusionModule, losses=None, **training):
+    """A tiny ControlNet model; `training`: `TrainingSettings` fields (lr 1e-3 unless given)."""
     unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
-    kwargs.setdefault("lr", 1e-3)
-    return cls(unet, vae, text, ControlNet((8, 16, 32)), noise_scheduler(), **kwargs)
+    return cls(unet, vae, text, ControlNet((8, 16, 32)), noise_scheduler(), losses=losses,
+               training=TrainingSettings(**{"lr": 1e-3, **training}))
 
 
 def fit(model, dataset, batch_size, root, callbacks=(), **kwargs) -> L.Trainer:
@@ -125,7 +126,7 @@ def cli_fit(root, *extra):
                  "--trainer.limit_val_batches=1", "--data.init_args.batch_size=2",
                  "--data.init_args.train.init_args.num_samples=4",
                  "--data.init_args.val.init_args.num_samples=2",
-                 "--model.init_args.num_inference_steps=2", *extra])
+                 "--model.init_args.sampling.num_inference_steps=2", *extra])
 
 
 @pytest.fixture(scope="module")

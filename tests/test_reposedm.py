@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from grpose.cli import main
 from grpose.data import PoseCondition, SyntheticPoseDataset, collate_pose_samples
-from grpose.diffusion import PoseDiffusionModule
+from grpose.diffusion import PoseDiffusionModule, SamplingSettings
 from grpose.diffusion.components import noise_scheduler
 from grpose.diffusion.guidance import ClassifierFreeGuidance, SamplingStep
 from grpose.diffusion.reposedm import RePoseDMGuidance, soft_keypoints
@@ -151,8 +151,8 @@ def test_zero_scale_leaves_the_sampler_unchanged_bit_for_bit(tiny_parts, tiny_ba
 
     def generate(hooks):
         model = PoseDiffusionModule(unet, vae, text, NoPose(), noise_scheduler(),
-                                    num_inference_steps=2, sampling_hooks=hooks,
-                                    guidance=ClassifierFreeGuidance(2.0))
+                                    guidance=ClassifierFreeGuidance(2.0), sampling_hooks=hooks,
+                                    sampling=SamplingSettings(num_inference_steps=2))
         return model.generate(tiny_batch)
     plain = generate([])
     assert torch.equal(generate([hook(scale=0.0)]), plain)
@@ -178,7 +178,7 @@ def test_predict_with_guidance_through_the_cli(tmp_path, one_thread):
                 f"--predict_writer.out_dir={out}", f"--trainer.default_root_dir={tmp_path}",
                 "--trainer.logger=false", "--data.init_args.eval_batch_size=2",
                 "--data.init_args.val.init_args.num_samples=2",
-                "--model.init_args.num_inference_steps=2"])
+                "--model.init_args.sampling.num_inference_steps=2"])
     assert isinstance(cli.model.sampling_hooks[0], RePoseDMGuidance)
     assert sorted(os.listdir(out)) == ["config.yaml", "grid_0_00000.png",  # + what made them
                                        "validation_000000.png", "validation_000001.png"]

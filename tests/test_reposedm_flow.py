@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from grpose.data import SyntheticPoseDataset
 from grpose.data.limb_warp import limb_flow
 from grpose.data.pairs import PairSample, collate_pair_samples
-from grpose.diffusion import PoseDiffusionModule
+from grpose.diffusion import PoseDiffusionModule, TrainingSettings
 from grpose.diffusion.components import noise_scheduler
 from grpose.diffusion.losses import FlowSupervision
 from grpose.methods import method_from_config
@@ -40,7 +40,8 @@ def pair_batch():
 def module(tiny_parts, name: str, **kwargs) -> PoseDiffusionModule:
     unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
     method = method_from_config(f"configs/method/tiny/transfer_{name}.yaml")
-    return PoseDiffusionModule(unet, vae, text, method, noise_scheduler(), lr=2e-3, **kwargs)
+    return PoseDiffusionModule(unet, vae, text, method, noise_scheduler(),
+                               training=TrainingSettings(lr=2e-3), **kwargs)
 
 
 def test_the_flow_starts_from_the_keypoints(tiny_parts, pair_batch):

@@ -23,7 +23,7 @@ def fit_args(root, *extra):
             f"--trainer.logger.init_args.save_dir={root}", "--data.init_args.batch_size=2",
             "--data.init_args.train.init_args.num_samples=16",
             "--data.init_args.val.init_args.num_samples=2", "--trainer.limit_val_batches=1",
-            "--model.init_args.num_inference_steps=1", *extra]
+            "--model.init_args.sampling.num_inference_steps=1", *extra]
 
 
 class SignalAt(Callback):

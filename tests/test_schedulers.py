@@ -12,7 +12,7 @@ from diffusers import (DPMSolverMultistepScheduler, EulerAncestralDiscreteSchedu
                        UniPCMultistepScheduler)
 
 from grpose.data import PoseCondition, collate_pose_samples
-from grpose.diffusion import PoseDiffusionModule
+from grpose.diffusion import PoseDiffusionModule, SamplingSettings
 from grpose.diffusion.components import ddim_scheduler, noise_scheduler
 from grpose.diffusion.denoiser import predict_eps
 from grpose.diffusion.guidance import ClassifierFreeGuidance, StepHook
@@ -98,7 +98,8 @@ def test_a_stochastic_sampler_reproduces_an_image_from_its_seed_in_any_batch(
     unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
     sampler = sd15_sampler("EulerAncestralDiscreteScheduler")
     m = PoseDiffusionModule(unet, vae, text, ControlNet((8, 16, 32)), noise_scheduler(),
-                            sampler=sampler, num_inference_steps=3).eval()
+                            sampler=sampler,
+                            sampling=SamplingSettings(num_inference_steps=3)).eval()
     both = m.generate(tiny_batch, seeds=[11, 12, 13])
     items = [tiny_batch.meta[k] for k in (2, 0)]
     from grpose.data import SyntheticPoseDataset
@@ -181,7 +182,7 @@ def test_the_sampler_is_chosen_in_the_config(tmp_path, one_thread):
 def test_generate_takes_a_sampler_for_one_call(tiny_parts, tiny_batch, one_thread):
     unet, vae, text = (copy.deepcopy(p) for p in tiny_parts)
     m = PoseDiffusionModule(unet, vae, text, ControlNet((8, 16, 32)), noise_scheduler(),
-                            num_inference_steps=2).eval()
+                            sampling=SamplingSettings(num_inference_steps=2)).eval()
     default = m.generate(tiny_batch)
     assert torch.equal(m.generate(tiny_batch, sampler=ddim_scheduler()), default)
     unipc = m.generate(tiny_batch, sampler=sd15_sampler("UniPCMultistepScheduler"))

@@ -130,12 +130,12 @@ def test_sd15_fit_predict_eval(tmp_path, monkeypatch, sd15_folder, mmpose_higher
                                           f"--predict_writer.out_dir={out}",
                                           f"--trainer.default_root_dir={run}",
                                           "--trainer.logger=false",
-                                          "--model.init_args.num_inference_steps=2",
+                                          "--model.init_args.sampling.num_inference_steps=2",
                                           f"--data.init_args.val.init_args.eval_list="
                                           f"{root / 'eval_ids.txt'}")])
     finally:
         moved.rename(sd15_folder)
-    assert pred.model.hparams.num_inference_steps == 2
+    assert pred.model.sampling_settings.num_inference_steps == 2
     for k, v in trained.items():
         assert torch.equal(pred.model.method.state_dict()[k], v)
     del pred

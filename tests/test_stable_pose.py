@@ -160,6 +160,6 @@ def test_tiny_config_samples_through_predict(tmp_path):
           f"--predict_writer.out_dir={out}", f"--trainer.default_root_dir={tmp_path}",
           "--trainer.logger=false", "--data.init_args.eval_batch_size=2",
           "--data.init_args.val.init_args.num_samples=2",
-          "--model.init_args.num_inference_steps=2", "--allow_untrained=true"])
+          "--model.init_args.sampling.num_inference_steps=2", "--allow_untrained=true"])
     assert sorted(os.listdir(out)) == ["config.yaml", "grid_0_00000.png",
                                        "validation_000000.png", "validation_000001.png"]

@@ -98,14 +98,14 @@ def test_exported_adapter_in_the_diffusers_pipeline_equals_our_sampler(tmp_path,
     from diffusers import StableDiffusionAdapterPipeline
     from diffusers import T2IAdapter as DiffusersT2IAdapter
 
-    from grpose.diffusion import PoseDiffusionModule
+    from grpose.diffusion import PoseDiffusionModule, SamplingSettings
     from grpose.diffusion.components import noise_scheduler
     from grpose.diffusion.sampling import initial_latents
     unet, vae, text_encoder = tiny_parts
     module = PoseDiffusionModule(unet, vae, text_encoder,
                                  T2IAdapter(downscale_factor=4, zero_convs=False),
-                                 noise_scheduler(), num_inference_steps=3,
-                                 guidance=ClassifierFreeGuidance(3.0))
+                                 noise_scheduler(), guidance=ClassifierFreeGuidance(3.0),
+                                 sampling=SamplingSettings(num_inference_steps=3))
     assert not list(module.method.zero_convs)  # diffusers' layout: nothing on the outputs
     module.method.save_diffusers(str(tmp_path / "t2i"))
     assert (tmp_path / "t2i" / "diffusion_pytorch_model.safetensors").is_file()
@@ -113,7 +113,7 @@ def test_exported_adapter_in_the_diffusers_pipeline_equals_our_sampler(tmp_path,
     ours = module.generate(tiny_batch, seeds, scale=1.5)  # (B, 3, 64, 64) in [-1, 1]
     with torch.no_grad():
         text = module.encode_text(tiny_batch.captions)  # (3, 77, 32)
-        negative = module.encode_text([module.hparams.negative_prompt] * 3)
+        negative = module.encode_text([module.sampling_settings.negative_prompt] * 3)
     pipe = StableDiffusionAdapterPipeline(
         vae=vae, text_encoder=None, tokenizer=None, unet=unet,
         adapter=DiffusersT2IAdapter.from_pretrained(tmp_path / "t2i"),

@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from grpose.data import PoseDataModule, SyntheticPoseDataset
+from grpose.diffusion import MemorySettings, TrainingSettings
 from grpose.diffusion.autoencoder import AutoencoderModule
 from grpose.diffusion.components import tiny_vae
 from test_diffusion import make_module
 
 
 def test_cached_encodings_equal_the_encoders(tiny_parts, tiny_batch):
-    plain, cached = make_module(tiny_parts), make_module(tiny_parts, cache_frozen=True)
+    plain, cached = make_module(tiny_parts), make_module(tiny_parts, memory=MemorySettings(cache_frozen=True))
     cached.load_state_dict(plain.state_dict())
     eps = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     first = cached.encode_images(tiny_batch.image[:2], eps[:2])  # fills two entries
@@ -30,13 +31,14 @@ def test_cached_encodings_equal_the_encoders(tiny_parts, tiny_batch):
 
 
 def test_cache_is_off_for_parts_that_train(tiny_parts):
-    m = make_module(tiny_parts, cache_frozen=True, trainable=["method", "text_encoder"])
+    m = make_module(tiny_parts, memory=MemorySettings(cache_frozen=True),
+                    training=TrainingSettings(trainable=["method", "text_encoder"]))
     assert m.cache.posteriors is not None and m.cache.text_states is None
     assert make_module(tiny_parts).cache.posteriors is None  # off by default
 
 
-def learning_rates(tiny_parts, steps: int, module=None, **kwargs) -> list[float]:
-    m = module or make_module(tiny_parts, lr=1e-3, **kwargs)
+def learning_rates(tiny_parts, steps: int, module=None, **training) -> list[float]:
+    m = module or make_module(tiny_parts, training=TrainingSettings(lr=1e-3, **training))
     seen = []
 
     class Record(L.Callback):
@@ -62,7 +64,7 @@ def test_warmup_then_cosine_decay(tiny_parts):
 
 
 def test_unknown_lr_decay_is_refused(tiny_parts):
-    with pytest.raises(ValueError, match="lr_decay"):
-        make_module(tiny_parts, lr_decay="linear")
+    with pytest.raises(ValueError, match=r"training\.lr_decay"):
+        TrainingSettings(lr_decay="linear")
     with pytest.raises(ValueError, match="lr_warmup_steps"):
         AutoencoderModule(tiny_vae((8, 16), seed=0), lr_warmup_steps=-1)

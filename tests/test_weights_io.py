@@ -220,7 +220,7 @@ def test_exported_controlnet_in_the_diffusers_pipeline_equals_our_sampler(
     from test_components import (_clip_tokenizer_from_open_clip_bpe, _save_sd15_text_encoder,
                                  _tiny_clip_text_model)
 
-    from grpose.diffusion import PoseDiffusionModule
+    from grpose.diffusion import PoseDiffusionModule, SamplingSettings
     from grpose.diffusion.components import OpenCLIPTextEncoder, ddim_scheduler, noise_scheduler
     from grpose.diffusion.guidance import ClassifierFreeGuidance
     from grpose.diffusion.sampling import NEGATIVE_PROMPT, initial_latents
@@ -229,7 +229,8 @@ def test_exported_controlnet_in_the_diffusers_pipeline_equals_our_sampler(
     unet, vae = tiny_unet(), tiny_vae()
     module = PoseDiffusionModule(unet, vae, OpenCLIPTextEncoder(weights=str(tmp_path / "sd")),
                                  ControlNet(conditioning_channels=(8, 16, 32)), noise_scheduler(),
-                                 num_inference_steps=3, guidance=ClassifierFreeGuidance(3.0))
+                                 guidance=ClassifierFreeGuidance(3.0),
+                                 sampling=SamplingSettings(num_inference_steps=3))
     perturb_zero_parameters(module.method)
     module.method.save_diffusers(str(tmp_path / "cn"))
     seeds = [1, 2, 3]
@@ -253,7 +254,7 @@ def test_exported_controlnet_in_the_diffusers_pipeline_equals_our_sampler(
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_exports_and_loads_with_one_call(tmp_path, tiny_parts, tiny_inputs, name,
                                                       perturb_zero_parameters):
-    from grpose.diffusion import PoseDiffusionModule
+    from grpose.diffusion import PoseDiffusionModule, SamplingSettings
     from grpose.diffusion.components import noise_scheduler
     from grpose.diffusion.denoiser import predict_eps
     unet = copy.deepcopy(tiny_parts[0])  # attach may change it (HumanSD widens conv_in)

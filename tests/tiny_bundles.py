@@ -7,7 +7,7 @@ import os
 import torch
 import yaml
 
-from grpose.diffusion import PoseDiffusionModule
+from grpose.diffusion import PoseDiffusionModule, SamplingSettings, TrainingSettings
 from grpose.diffusion.components import OpenCLIPTextEncoder, load_unet, load_vae, noise_scheduler
 from grpose.diffusion.guidance import ClassifierFreeGuidance, InstructPix2PixGuidance
 from grpose.methods import method_from_config
@@ -19,24 +19,27 @@ TEXT_CFG = dict(width=32, heads=2, layers=2)
 
 
 def trainable(name: str) -> list[str]:
+    """`model.init_args.training.trainable` of a method's tiny config (default: the method)."""
     with open(f"configs/method/tiny/{name}.yaml") as f:
         args = yaml.safe_load(f)["model"]["init_args"]
-    return args.get("trainable", ["method"])
+    return args.get("training", {}).get("trainable", ["method"])
 
 
 def tiny_module(tiny_parts, name: str, perturb, seed: int = 5,
-                knowledge_base: str | None = None) -> PoseDiffusionModule:
-    """A tiny model of method `name`, its zero-initialised outputs perturbed (so the pose acts);
-    KB-DMGen with `knowledge_base` when given."""
+                knowledge_base: str | None = None, steps: int = 3) -> PoseDiffusionModule:
+    """A tiny model of method `name` sampling in `steps` steps, its zero-initialised outputs
+    perturbed (so the pose acts); KB-DMGen with `knowledge_base` when given."""
     unet = copy.deepcopy(tiny_parts[0])
     overrides = {"knowledge_base": knowledge_base} if name == "kb_dmgen" and knowledge_base else {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         method = method_from_config(f"configs/method/tiny/{name}.yaml", **overrides)
     module = PoseDiffusionModule(unet, *tiny_parts[1:], method, noise_scheduler(),
-                                 trainable=trainable(name), num_inference_steps=3,
-                                 guidance=ClassifierFreeGuidance(2.0), conditioning_scale=2.0,
-                                 negative_prompt="", seed=seed)
+                                 guidance=ClassifierFreeGuidance(2.0),
+                                 training=TrainingSettings(trainable=trainable(name)),
+                                 sampling=SamplingSettings(steps, conditioning_scale=2.0,
+                                                           negative_prompt=""),
+                                 seed=seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         perturb(module.method)
@@ -93,17 +96,18 @@ def transfer_guidance(scale: float = 2.0, source_scale: float = 1.5):
 
 
 def tiny_transfer_module(tiny_parts, name: str, perturb, seed: int = 5,
-                         guidance=None) -> PoseDiffusionModule:
+                         guidance=None, steps: int = 2) -> PoseDiffusionModule:
     """A tiny pose-transfer model of method `name` (configs/method/tiny/transfer_<name>.yaml),
     its zero-initialised outputs perturbed, sampling with `guidance` (default
-    `transfer_guidance()`)."""
+    `transfer_guidance()`) in `steps` steps."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         method = method_from_config(f"configs/method/tiny/transfer_{name}.yaml")
     module = PoseDiffusionModule(copy.deepcopy(tiny_parts[0]), *tiny_parts[1:], method,
-                                 noise_scheduler(), num_inference_steps=2,
-                                 guidance=guidance or transfer_guidance(), conditioning_scale=2.0,
-                                 negative_prompt="", seed=seed)
+                                 noise_scheduler(), guidance=guidance or transfer_guidance(),
+                                 sampling=SamplingSettings(steps, conditioning_scale=2.0,
+                                                           negative_prompt=""),
+                                 seed=seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         perturb(module.method)

@@ -11,7 +11,8 @@ import torch
 from grpose.data import PoseDataModule
 from grpose.demo.stages import (CONFIGS, build_object, datasets, model_spec, run_stage,
                                 text_encoder, trainer)
-from grpose.diffusion import PoseDiffusionModule
+from grpose.diffusion import (MemorySettings, PoseDiffusionModule, SamplingSettings,
+                              TrainingSettings)
 from grpose.diffusion.components import load_unet, load_vae, noise_scheduler, tiny_unet
 from grpose.diffusion.guidance import ClassifierFreeGuidance
 from grpose.diffusion.losses import PoseWeightedMSE
@@ -27,6 +28,7 @@ def method_spec(name: str) -> dict:
 
 
 def schedule(cfg) -> dict:
+    """The shared learning-rate schedule (`TrainingSettings` fields)."""
     return dict(lr_warmup_steps=cfg.warmup_steps, lr_decay=cfg.lr_decay)
 
 
@@ -35,20 +37,32 @@ def timesteps(cfg) -> dict:
     return {"timestep_sampling": cfg.timestep_sampling} if cfg.timestep_sampling else {}
 
 
-def diffusion(cfg, inputs: dict, unet, method, seed: int, **kwargs) -> PoseDiffusionModule:
+def diffusion(cfg, inputs: dict, unet, method, seed: int, training: dict | None = None,
+              memory: dict | None = None, guidance=None, **parts) -> PoseDiffusionModule:
+    """The demo's frozen parts around `unet` and `method`: `training` / `memory` are settings
+    fields (the frozen parts cached unless `memory` says otherwise), `parts` further components
+    (loss, sampling_hooks...)."""
     vae = inputs["vae"]
-    return PoseDiffusionModule(unet, load_vae(vae["vae_dir"], subfolder=None), text_encoder(),
-                               method, noise_scheduler(), latent_scale=vae["latent_scale"],
-                               num_inference_steps=cfg.sample_steps, negative_prompt="",
-                               guidance=ClassifierFreeGuidance(cfg.guidance_scale), seed=seed,
-                               **{"cache_frozen": True, **kwargs})
+    return PoseDiffusionModule(
+        unet, load_vae(vae["vae_dir"], subfolder=None), text_encoder(), method, noise_scheduler(),
+        guidance=guidance or ClassifierFreeGuidance(cfg.guidance_scale),
+        training=TrainingSettings(**(training or {})),
+        sampling=SamplingSettings(cfg.sample_steps, negative_prompt=""),
+        memory=MemorySettings(**{"cache_frozen": True, **(memory or {})}), seed=seed,
+        latent_scale=vae["latent_scale"], **parts)
+
+
+def with_training(options: dict, **training) -> dict:
+    """A method config's options (`module_options`) with `training` fields under them (the
+    config's own `training` fields win)."""
+    return {**options, "training": {**training, **options.get("training", {})}}
 
 
 def train_base(cfg, build, train, folder: str) -> dict:
     """The demo's tiny text-to-image base: a UNet trained with no pose on `train` (`build(unet,
     method, seed, **kwargs)` makes the module around it), saved in `folder`; its stage info."""
-    module = build(tiny_unet(seed=cfg.seed), NoPose(), cfg.seed, trainable=["unet"],
-                   loss=PoseWeightedMSE(alpha=1.0), lr=cfg.base_lr, **schedule(cfg))
+    module = build(tiny_unet(seed=cfg.seed), NoPose(), cfg.seed, loss=PoseWeightedMSE(alpha=1.0),
+                   training=dict(trainable=["unet"], lr=cfg.base_lr, **schedule(cfg)))
     trainer(cfg, "base", cfg.base_steps).fit(module, PoseDataModule(
         train=train, batch_size=cfg.batch_size, seed=cfg.seed))
     module.unet.save_pretrained(folder)
@@ -73,7 +87,7 @@ def build_method(name: str, inputs: dict):
 
 
 def module_options(name: str) -> dict:
-    """The training options of a method's tiny config besides the method (loss, trainable...)."""
+    """The options of a method's tiny config besides the method (loss, training settings...)."""
     return {k: build_object(v, f"configs/method/tiny/{name}.yaml: model.init_args.{k}")
             for k, v in method_spec(name).items() if k != "method"}
 
@@ -88,8 +102,8 @@ def method_stage(cfg, inputs, name: str, seed: int) -> dict:
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # the method's initialisation
             method = build_method(name, inputs)
-        options = {"lr": cfg.adapter_lr, **schedule(cfg), **module_options(name),
-                   **timesteps(cfg)}
+        options = with_training(module_options(name), lr=cfg.adapter_lr, **schedule(cfg))
+        options["training"].update(timesteps(cfg))  # the shared timesteps win when set
         module = diffusion(cfg, inputs, load_unet(inputs["base"]["unet_dir"], subfolder=None),
                            method, seed, **options)
         trainer(cfg, stage, cfg.adapter_steps).fit(module, PoseDataModule(

@@ -31,13 +31,12 @@ def base_config(cfg, stages: dict) -> dict:
                                        "seed": 0}},
         "method": {"class_path": "grpose.methods.NoPose"},
         "noise_scheduler": {"class_path": "grpose.diffusion.components.noise_scheduler"},
-        "latent_scale": float(vae["latent_scale"]),
-        "lr": float(cfg.adapter_lr),
-        "num_inference_steps": int(cfg.sample_steps),
-        "negative_prompt": "",
         "guidance": {"class_path": "grpose.diffusion.guidance.ClassifierFreeGuidance",
                      "init_args": {"scale": float(cfg.guidance_scale)}},
-        "cache_frozen": True}}}
+        "training": {"lr": float(cfg.adapter_lr)},
+        "sampling": {"num_inference_steps": int(cfg.sample_steps), "negative_prompt": ""},
+        "memory": {"cache_frozen": True},
+        "latent_scale": float(vae["latent_scale"])}}}
 
 
 def data_config(cfg) -> dict:

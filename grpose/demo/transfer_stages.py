@@ -14,11 +14,11 @@ from torch.utils.data import Dataset
 from grpose.data import PoseDataModule
 from grpose.data.pairs import PairSample, collate_pair_samples
 from grpose.data.synthetic_pairs import SyntheticPairs
-from grpose.demo.models import schedule
-from grpose.demo.stages import (CONFIGS, build_object, model_spec, run_stage, text_encoder,
-                                trainer)
+from grpose.demo.models import diffusion as pose_diffusion
+from grpose.demo.models import schedule, with_training
+from grpose.demo.stages import CONFIGS, build_object, model_spec, run_stage, trainer
 from grpose.diffusion import PoseDiffusionModule
-from grpose.diffusion.components import load_unet, load_vae, noise_scheduler
+from grpose.diffusion.components import load_unet
 from grpose.diffusion.guidance import InstructPix2PixGuidance
 from grpose.methods import method_from_config
 
@@ -92,13 +92,9 @@ def guidance(cfg) -> InstructPix2PixGuidance:
 
 
 def diffusion(cfg, inputs: dict, unet, method, seed: int, **kwargs) -> PoseDiffusionModule:
-    """The pose demo's frozen parts around `method`."""
-    vae = inputs["vae"]
-    return PoseDiffusionModule(unet, load_vae(vae["vae_dir"], subfolder=None), text_encoder(),
-                               method, noise_scheduler(), latent_scale=vae["latent_scale"],
-                               num_inference_steps=cfg.sample_steps, negative_prompt="",
-                               guidance=guidance(cfg), seed=seed,
-                               **{"cache_frozen": True, **kwargs})
+    """The pose demo's frozen parts around `method`, sampling with the transfer guidance
+    (`kwargs`: as `grpose.demo.models.diffusion`'s)."""
+    return pose_diffusion(cfg, inputs, unet, method, seed, guidance=guidance(cfg), **kwargs)
 
 
 def config_path(name: str) -> str:
@@ -126,9 +122,9 @@ def transfer_stage(cfg, inputs, name: str, seed: int) -> dict:
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # the method's initialisation
             method = method_from_config(config_path(name))
-        options = {"lr": cfg.adapter_lr, **schedule(cfg), **module_options(name)}
+        options = with_training(module_options(name), lr=cfg.adapter_lr, **schedule(cfg))
         if cfg.train_unet:
-            options["trainable"] = ["method", "unet"]
+            options["training"]["trainable"] = ["method", "unet"]
         module = diffusion(cfg, inputs, load_unet(inputs["base"]["unet_dir"], subfolder=None),
                            method, seed, **options)
         trainer(cfg, stage, cfg.adapter_steps).fit(module, PoseDataModule(

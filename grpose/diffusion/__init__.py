@@ -1,4 +1,5 @@
-"""Latent diffusion: frozen parts, the LightningModule, sampling and losses."""
+"""Latent diffusion: frozen parts, the LightningModule and its settings, sampling and losses."""
 from grpose.diffusion.module import PoseDiffusionModule
+from grpose.diffusion.settings import MemorySettings, SamplingSettings, TrainingSettings
 
-__all__ = ["PoseDiffusionModule"]
+__all__ = ["MemorySettings", "PoseDiffusionModule", "SamplingSettings", "TrainingSettings"]

@@ -1,5 +1,5 @@
 """`EncodingCache`: the frozen VAE's posterior per image and the frozen text encoder's states per
-caption, computed once (what `PoseDiffusionModule(cache_frozen=True)` uses)."""
+caption, computed once (what `PoseDiffusionModule` uses with `MemorySettings(cache_frozen=True)`)."""
 from __future__ import annotations
 
 import hashlib

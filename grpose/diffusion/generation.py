@@ -1,8 +1,8 @@
-"""Sampling of `PoseDiffusionModule`: its sampling settings as one dataclass, and the `Generation`
-mixin (`generate`, `predict_step`, per-item seeds) that reads them."""
+"""Sampling of `PoseDiffusionModule`: the `Generation` mixin (`generate`, `predict_step`, per-item
+seeds) that reads the module's `SamplingSettings` (`grpose.diffusion.settings`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 
 import torch
 from diffusers import SchedulerMixin
@@ -10,51 +10,19 @@ from diffusers import SchedulerMixin
 from grpose.data.batch import PoseBatch
 from grpose.diffusion.draws import sampling_seeds
 from grpose.diffusion.guidance import Guidance
-from grpose.diffusion.sampling import (NEGATIVE_PROMPT, image_generators, initial_latents,
-                                       sample_latents)
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """The plain sampling settings of a model (its constructor's arguments of the same names,
-    kept in its hparams); `generate` starts from them and a call may override each.
-
-    Args:
-        num_inference_steps: sampler steps.
-        conditioning_scale: multiplier of the method's conditioning.
-        negative_prompt: the unconditional branch's prompt.
-        eta: DDIM's eta (0: deterministic; other schedulers take none and need 0).
-        seed: the sampling seed (each image's noise comes from it and the item's id).
-    """
-
-    num_inference_steps: int = 50
-    conditioning_scale: float = 1.0
-    negative_prompt: str = NEGATIVE_PROMPT
-    eta: float = 0.0
-    seed: int = 42
-
-    @classmethod
-    def from_hparams(cls, hparams) -> SamplingSettings:
-        """The settings held in a module's `hparams` (a mapping with these keys), as they are.
-
-        Args:
-            hparams: the module's saved hyper-parameters.
-        """
-        return cls(**{f.name: hparams[f.name] for f in fields(cls)})
+from grpose.diffusion.sampling import image_generators, initial_latents, sample_latents
+from grpose.diffusion.settings import SamplingSettings
 
 
 class Generation:
     """Sampling for a `PoseDiffusionModule`: images from a batch's poses and captions.
 
-    Reads the module's `hparams` (`SamplingSettings`, `latent_scale`), its sampling parts
-    (`sampler`, `guidance`, `sampling_hooks`), and its `condition`, `encode_text`,
-    `predict_eps`, `method`, `vae` and `device`.
+    Reads the module's `sampling_settings` (a `SamplingSettings`), `hparams.seed` and
+    `hparams.latent_scale`, its sampling parts (`sampler`, `guidance`, `sampling_hooks`), and its
+    `condition`, `encode_text`, `predict_eps`, `method`, `vae` and `device`.
     """
 
-    @property
-    def sampling_settings(self) -> SamplingSettings:
-        """This model's sampling settings, grouped."""
-        return SamplingSettings.from_hparams(self.hparams)
+    sampling_settings: SamplingSettings
 
     def seeds_for(self, batch: PoseBatch) -> list[int]:
         """One seed per item from `seed` and the item's id: reproducible in any batch or process.

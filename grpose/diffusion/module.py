@@ -11,24 +11,25 @@ from grpose.data.condition import PoseCondition
 from grpose.diffusion.cache import EncodingCache
 from grpose.diffusion.components import SD15_LATENT_SCALE, ddim_scheduler, vae_downsampling
 from grpose.diffusion.denoiser import predict_eps
-from grpose.diffusion.draws import check_timestep_sampling, timesteps_from_uniform, training_draws
-from grpose.diffusion.generation import Generation, SamplingSettings
+from grpose.diffusion.draws import timesteps_from_uniform, training_draws
+from grpose.diffusion.generation import Generation
 from grpose.diffusion.guidance import ClassifierFreeGuidance, Guidance, StepHook
 from grpose.diffusion.losses import DiffusionStep, LossTerm, PoseWeightedMSE
-from grpose.diffusion.nonfinite import ON_NONFINITE, NonFiniteGuard, check_on_nonfinite
-from grpose.diffusion.optim import adamw_with_schedule, check_schedule
+from grpose.diffusion.nonfinite import ON_NONFINITE, NonFiniteGuard
+from grpose.diffusion.optim import adamw_with_schedule
 from grpose.diffusion.persistence import NOT_CHECKPOINTED, CheckpointedModel
-from grpose.diffusion.sampling import NEGATIVE_PROMPT
-from grpose.diffusion.transfer import check_dropout, drop_conditions, source_condition
+from grpose.diffusion.settings import (FROZEN, MemorySettings, SamplingSettings, TrainingSettings,
+                                       settings_of)
+from grpose.diffusion.transfer import drop_conditions, source_condition
 from grpose.methods.base import PoseMethod
 from grpose.methods.weights import load_method_weights
 
-FROZEN = ("unet", "vae", "text_encoder")
-__all__ = ["FROZEN", "NOT_CHECKPOINTED", "ON_NONFINITE", "PoseDiffusionModule", "SamplingSettings"]
+__all__ = ["FROZEN", "NOT_CHECKPOINTED", "ON_NONFINITE", "MemorySettings", "PoseDiffusionModule",
+           "SamplingSettings", "TrainingSettings"]
 
 
 class PoseDiffusionModule(CheckpointedModel, NonFiniteGuard, Generation, L.LightningModule):
-    """Latent diffusion with injected parts; only the method (or the parts in `trainable`) learns.
+    """Latent diffusion with injected parts; only the method (or `training.trainable`) learns.
 
     Args:
         unet: the frozen denoiser (diffusers `UNet2DConditionModel`).
@@ -41,44 +42,28 @@ class PoseDiffusionModule(CheckpointedModel, NonFiniteGuard, Generation, L.Light
             betas at 20-25 steps: `--model.init_args.sampler` class path + init_args).
         loss: the main loss term (default `PoseWeightedMSE(alpha=5)`).
         losses: extra loss terms (`LossTerm`, e.g. the pose perception loss), added with weights.
-        lr: AdamW learning rate.
-        trainable: parts that learn; ["method"] for pose methods, ["unet"] to train a base model.
-        latent_scale: VAE latent scale (SD: 0.18215).
-        num_inference_steps: sampler steps when sampling.
-        negative_prompt: the unconditional branch's prompt.
-        eta: DDIM's eta (0: deterministic; other schedulers take none and need 0).
-        seed: the sampling seed (each image's noise comes from it and the item id).
         guidance: the CFG branches and scales (default `ClassifierFreeGuidance(7.5)`; pose
             transfer: `InstructPix2PixGuidance` or `DisentangledGuidance`, over the source too).
         sampling_hooks: per-step hooks of the sampler (`StepHook`, e.g. gradient guidance).
-        conditioning_scale: multiplier of the method's conditioning at inference.
         val_metrics: metrics of generated validation images (`GenerationMetrics`: AP, CAP, PCE,
-            FID, KID, CLIP), logged as `val/<name>`; computed on the first `val_metric_batches`
-            validation batches of each validation run.
-        checkpoint_frozen: also store the frozen parts in checkpoints (off: they come from config).
-        gradient_checkpointing: recompute the UNet's activations in the backward pass.
-        timestep_sampling: "uniform", or "cubic" (T2I-Adapter's t = (1 - u^3) T, u ~ U(0, 1):
-            more steps at high noise, where the layout a pose fixes is decided).
+            FID, KID, CLIP), logged as `val/<name>`; computed on the first
+            `training.val_metric_batches` validation batches of each validation run.
+        training: the training settings (`TrainingSettings`: learning rate and schedule, the
+            trainable parts, timestep sampling, condition dropout, NaN / Inf handling).
+        sampling: the default sampling settings (`SamplingSettings`: steps, conditioning scale,
+            negative prompt, eta), held as `sampling_settings`.
+        memory: memory and checkpoint size (`MemorySettings`: gradient checkpointing, the
+            frozen parts' cache, frozen parts in checkpoints).
+        seed: the run's seed: each training item's draws and each sampled image's noise come
+            from it and the item's id.
+        latent_scale: the VAE's latent scale (SD: 0.18215).
         method_weights: a folder of exported method weights (`grpose.methods.save_method`,
             `tools/weights/import_weights.py`) loaded into the method once attached.
-        on_nonfinite: a NaN / Inf loss "raise"s (naming the step, the loss term and the batch's
-            item ids) or "skip"s the batch (no optimizer step; counted in
-            `train/skipped_nonfinite`). Every process takes the same decision.
-        lr_warmup_steps: linear learning-rate warm-up over the first steps.
-        lr_decay: then "constant", or "cosine" decay to zero at the run's last optimizer step.
-        cache_frozen: memoise the frozen VAE's posterior (mean, std) per image (keyed by its
-            content) and the frozen text encoder's states per caption. Exact (the parts are
-            frozen); on the demo's tiny CPU models a step takes 0.91x the time; it holds every
-            training image's posterior in memory, so it is for sets that fit (the demo's), off by
-            default.
-        pose_dropout: the fraction of training items whose pose is switched off (drawn per
-            item), so that the sampler can guide over it.
-        source_dropout: the same for the source person of pose-transfer batches, drawn
-            independently of the pose (for the guidance over the source).
 
+    A settings argument is a dataclass, or (a checkpoint's hparams) a mapping of its fields;
+    the module holds them as `training_settings`, `sampling_settings` and `memory_settings`.
     The module is assembled from parts with their own files: sampling (`generate`,
-    `predict_step`, `sampling_settings`, a `SamplingSettings` of the plain sampling arguments) in
-    `grpose.diffusion.generation.Generation`; what a NaN / Inf loss does in
+    `predict_step`) in `grpose.diffusion.generation.Generation`; what a NaN / Inf loss does in
     `grpose.diffusion.nonfinite.NonFiniteGuard`; hparams and checkpoints in
     `grpose.diffusion.persistence.CheckpointedModel`. A method's extra UNet input channels are
     added by the method's `attach` (`PoseMethod.extra_input_channels`).
@@ -94,20 +79,18 @@ class PoseDiffusionModule(CheckpointedModel, NonFiniteGuard, Generation, L.Light
     def __init__(self, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module,
                  method: PoseMethod, noise_scheduler: DDPMScheduler,
                  sampler: SchedulerMixin | None = None, loss: LossTerm | None = None,
-                 losses: list[LossTerm] | None = None,
-                 lr: float = 1e-5, weight_decay: float = 1e-2,
-                 trainable: list[str] | None = None, latent_scale: float = SD15_LATENT_SCALE,
-                 num_inference_steps: int = 50, guidance: Guidance | None = None,
-                 sampling_hooks: list[StepHook] | None = None, conditioning_scale: float = 1.0,
-                 negative_prompt: str = NEGATIVE_PROMPT, eta: float = 0.0, seed: int = 42,
-                 val_metrics: nn.Module | None = None, val_metric_batches: int = 1,
-                 checkpoint_frozen: bool = False,
-                 gradient_checkpointing: bool = False, timestep_sampling: str = "uniform",
-                 method_weights: str | None = None, on_nonfinite: str = "raise",
-                 lr_warmup_steps: int = 0, lr_decay: str = "constant", cache_frozen: bool = False,
-                 pose_dropout: float = 0.0, source_dropout: float = 0.0):
+                 losses: list[LossTerm] | None = None, guidance: Guidance | None = None,
+                 sampling_hooks: list[StepHook] | None = None,
+                 val_metrics: nn.Module | None = None,
+                 training: TrainingSettings = TrainingSettings(),
+                 sampling: SamplingSettings = SamplingSettings(),
+                 memory: MemorySettings = MemorySettings(), seed: int = 42,
+                 latent_scale: float = SD15_LATENT_SCALE, method_weights: str | None = None):
         super().__init__()
         self.save_init_hparams()
+        self.training_settings = settings_of(TrainingSettings, training)
+        self.sampling_settings = settings_of(SamplingSettings, sampling)
+        self.memory_settings = settings_of(MemorySettings, memory)
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.method = method
         self.method.attach(unet)
@@ -120,16 +103,8 @@ class PoseDiffusionModule(CheckpointedModel, NonFiniteGuard, Generation, L.Light
         self.loss = loss or PoseWeightedMSE(5.0)
         self.losses = nn.ModuleList(losses or [])
         self.val_metrics = val_metrics
-        self.trainable = list(trainable or ["method"])
-        check_timestep_sampling(timestep_sampling)
-        check_on_nonfinite(on_nonfinite)
-        check_schedule(lr_warmup_steps, lr_decay)
-        check_dropout("pose_dropout", pose_dropout)
-        check_dropout("source_dropout", source_dropout)
         self.skipped_nonfinite, self.skip_step = 0, False
-        unknown = set(self.trainable) - {"method", *FROZEN}
-        if unknown:
-            raise ValueError(f"trainable: unknown parts {sorted(unknown)}")
+        self.trainable = list(self.training_settings.trainable)
         self.frozen = [n for n in FROZEN if n not in self.trainable]
         for name in self.trainable:
             getattr(self, name).requires_grad_(True)
@@ -137,10 +112,11 @@ class PoseDiffusionModule(CheckpointedModel, NonFiniteGuard, Generation, L.Light
             getattr(self, name).requires_grad_(False).eval()
         for term in (self.loss, *self.losses):  # loss networks (e.g. a pose net) are frozen too
             term.requires_grad_(False).eval()
-        if gradient_checkpointing:
+        if self.memory_settings.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
-        self.cache = EncodingCache(images=cache_frozen and "vae" in self.frozen,
-                                   text=cache_frozen and "text_encoder" in self.frozen)
+        cache = self.memory_settings.cache_frozen
+        self.cache = EncodingCache(images=cache and "vae" in self.frozen,
+                                   text=cache and "text_encoder" in self.frozen)
         self.register_buffer("alphas_cumprod", noise_scheduler.alphas_cumprod.clone().float(),
                              persistent=False)
 
@@ -178,11 +154,11 @@ class PoseDiffusionModule(CheckpointedModel, NonFiniteGuard, Generation, L.Light
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"nothing to train: trainable {self.trainable} has no parameters "
-                             f"({type(self.method).__name__}); set trainable: [unet] to train "
-                             "the base model")
-        hp = self.hparams
-        return adamw_with_schedule(params, hp.lr, hp.weight_decay, hp.lr_warmup_steps,
-                                   hp.lr_decay, lambda: self.trainer.estimated_stepping_batches)
+                             f"({type(self.method).__name__}); set training: {{trainable: "
+                             "[unet]} to train the base model")
+        t = self.training_settings
+        return adamw_with_schedule(params, t.lr, t.weight_decay, t.lr_warmup_steps, t.lr_decay,
+                                   lambda: self.trainer.estimated_stepping_batches)
 
     # -- the diffusion step ---------------------------------------------------------------------
     @property
@@ -227,7 +203,7 @@ class PoseDiffusionModule(CheckpointedModel, NonFiniteGuard, Generation, L.Light
         """`n` training timesteps from uniforms `u (n,)` in [0, 1) (default: the global RNG)."""
         u = torch.rand(n, device=device) if u is None else u.to(device)
         return timesteps_from_uniform(u, self.noise_scheduler.config.num_train_timesteps,
-                                      self.hparams.timestep_sampling)
+                                      self.training_settings.timestep_sampling)
 
     def loss_terms(self) -> list[tuple[str, LossTerm]]:
         """(name, term): "loss" and "losses[k]" with the term's class."""
@@ -245,8 +221,9 @@ class PoseDiffusionModule(CheckpointedModel, NonFiniteGuard, Generation, L.Light
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         cond = self.condition(batch)
         if self.training:
+            settings = self.training_settings
             cond = drop_conditions(cond, batch.meta, self.hparams.seed, stream,
-                                   self.hparams.pose_dropout, self.hparams.source_dropout)
+                                   settings.pose_dropout, settings.source_dropout)
         text = self.encode_text(batch.captions)
         eps_pred = self.predict_eps(noisy, t, text, cond)
         step = DiffusionStep(batch, cond, latents, noise, noisy, t, eps_pred, self.alphas_cumprod,
@@ -266,7 +243,7 @@ class PoseDiffusionModule(CheckpointedModel, NonFiniteGuard, Generation, L.Light
 
     def training_step(self, batch: PoseBatch, batch_idx: int) -> torch.Tensor:
         loss, logs, values = self.terms_step(batch)
-        if self.skip_nonfinite(batch, values):  # raises with on_nonfinite="raise"
+        if self.skip_nonfinite(batch, values):  # raises with training.on_nonfinite="raise"
             return self.zero_loss()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=len(batch))
@@ -278,7 +255,7 @@ class PoseDiffusionModule(CheckpointedModel, NonFiniteGuard, Generation, L.Light
     def validation_step(self, batch: PoseBatch, batch_idx: int) -> None:
         loss, _ = self.diffusion_step(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
-        if (self.val_metrics is not None and batch_idx < self.hparams.val_metric_batches
+        if (self.val_metrics is not None and batch_idx < self.training_settings.val_metric_batches
                 and not self.trainer.sanity_checking):
             self.val_metrics.update(self.generate(batch), batch)
 

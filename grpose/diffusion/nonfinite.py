@@ -29,7 +29,7 @@ class NonFiniteGuard:
     batch's loss terms are all finite, and raises or counts the skipped batch; a skipped batch
     gives no optimizer step (`on_before_optimizer_step`).
 
-    Reads the module's `hparams.on_nonfinite`, `trainer`, `global_step`; keeps
+    Reads the module's `training_settings.on_nonfinite`, `trainer`, `global_step`; keeps
     `skipped_nonfinite` (the count, checkpointed by the module) and `skip_step` (this step's
     decision).
     """
@@ -68,8 +68,9 @@ class NonFiniteGuard:
         broken = [ids[i] for i in (~torch.isfinite(images).all(1)).nonzero()[:, 0].tolist()]
         if bad and broken:
             message += f"; non-finite images in {broken}"
-        if self.hparams.on_nonfinite == "raise":
-            raise FloatingPointError(f"{message} (on_nonfinite='skip' skips such batches)")
+        if self.training_settings.on_nonfinite == "raise":
+            raise FloatingPointError(f"{message} (training.on_nonfinite='skip' skips such "
+                                     "batches)")
         self.skipped_nonfinite += 1
         log.warning("skipped batch (%d so far): %s", self.skipped_nonfinite, message)
         self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=len(batch))

@@ -13,6 +13,7 @@ from torch import nn
 from grpose.data.io import state_mismatch
 from grpose.diffusion.checkpoint import read_checkpoint
 from grpose.diffusion.guidance import Guidance, StepHook
+from grpose.diffusion.settings import as_hparams, regrouped
 
 NOT_CHECKPOINTED = ("loss.", "losses.", "val_metrics.")  # frozen networks that come from the config
 
@@ -20,8 +21,8 @@ NOT_CHECKPOINTED = ("loss.", "losses.", "val_metrics.")  # frozen networks that 
 class CheckpointedModel:
     """Mixin of a LightningModule with frozen parts: hparams and checkpoint handling.
 
-    Reads the module's `frozen` (names of its frozen parts), `method`, `hparams.checkpoint_frozen`
-    and `skipped_nonfinite` (saved with the checkpoint).
+    Reads the module's `frozen` (names of its frozen parts), `method`,
+    `memory_settings.checkpoint_frozen` and `skipped_nonfinite` (saved with the checkpoint).
     """
 
     def save_init_hparams(self) -> None:
@@ -29,7 +30,9 @@ class CheckpointedModel:
 
         Built by LightningCLI, the hparams hold each part's config, which `load_from_checkpoint`
         rebuilds. Built in Python, they would hold the objects themselves, which a checkpoint must
-        not pickle: those are dropped, and are passed to `load_from_checkpoint` instead.
+        not pickle: those are dropped, and are passed to `load_from_checkpoint` instead; settings
+        dataclasses are kept as plain dicts of their fields (what a config holds, and what the
+        constructor reads back).
         """
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
@@ -39,6 +42,8 @@ class CheckpointedModel:
             if any(isinstance(v, (nn.Module, SchedulerMixin, Guidance, StepHook))
                    for v in values):
                 del self.hparams[key]
+            else:
+                self.hparams[key] = as_hparams(value)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Store the skipped-batch count; leave the frozen parts out unless `checkpoint_frozen`.
@@ -47,7 +52,7 @@ class CheckpointedModel:
             checkpoint: Lightning's checkpoint dict, changed in place.
         """
         checkpoint["skipped_nonfinite"] = self.skipped_nonfinite
-        if not self.hparams.checkpoint_frozen:
+        if not self.memory_settings.checkpoint_frozen:
             prefixes = tuple(f"{n}." for n in self.frozen)
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith(prefixes + NOT_CHECKPOINTED)]:
@@ -96,7 +101,9 @@ class CheckpointedModel:
     def load_from_checkpoint(cls, checkpoint_path, *args, weights_only: bool | None = True,
                              **kwargs):
         """Lightning's `load_from_checkpoint`, weights only by default; a missing, truncated or
-        corrupt file raises an error naming it and the problem.
+        corrupt file raises an error naming it and the problem. A local checkpoint saved before
+        the settings were grouped (`lr` beside the parts) gets its settings in their groups
+        (Lightning would drop the flat names and build the defaults).
 
         Args:
             checkpoint_path: the checkpoint file (or a URL, read by Lightning).
@@ -105,6 +112,7 @@ class CheckpointedModel:
             **kwargs: passed on (e.g. the parts a Python-built model's hparams left out).
         """
         if isinstance(checkpoint_path, (str, os.PathLike)) and "://" not in str(checkpoint_path):
-            read_checkpoint(checkpoint_path)
+            hparams = read_checkpoint(checkpoint_path).get("hyper_parameters") or {}
+            kwargs = {**regrouped(hparams), **kwargs}
         return super().load_from_checkpoint(checkpoint_path, *args, weights_only=weights_only,
                                             **kwargs)

@@ -1,5 +1,5 @@
 """HumanSD: the pose enters the UNet as extra input channels, and the whole UNet is fine-tuned
-(its config sets `trainable: [method, unet]` and the heatmap-guided loss,
+(its config sets `training: {trainable: [method, unet]}` and the heatmap-guided loss,
 `grpose.diffusion.losses.HeatmapGuidedMSE`)."""
 from __future__ import annotations
 

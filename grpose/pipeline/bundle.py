@@ -36,6 +36,7 @@ from safetensors.torch import save as safetensors_bytes
 from grpose.data.io import state_mismatch
 from grpose.diffusion.components import ddim_scheduler, noise_scheduler
 from grpose.diffusion.module import PoseDiffusionModule
+from grpose.diffusion.settings import SamplingSettings
 from grpose.methods.weights import FILE_SETTINGS, SPEC, load_method, read_spec, save_method
 from grpose.pipeline.settings import (RenderSettings, SamplerSettings, is_transfer,
                                       sampler_settings, scale_names, spec_target)
@@ -269,9 +270,9 @@ def load_bundle(folder: str, bundle: Bundle | None = None,
     module = PoseDiffusionModule(
         unet, vae, text_encoder, load_method(bundle.folder), noise_scheduler(),
         sampler=load_scheduler(bundle.folder) or ddim_scheduler(),
-        latent_scale=bundle.latent_scale, num_inference_steps=s.num_inference_steps,
-        guidance=s.guidance(), conditioning_scale=s.conditioning_scale,
-        negative_prompt=s.negative_prompt, eta=s.eta, seed=s.seed, method_weights=bundle.folder)
+        guidance=s.guidance(), sampling=SamplingSettings(
+            s.num_inference_steps, s.conditioning_scale, s.negative_prompt, s.eta),
+        seed=s.seed, latent_scale=bundle.latent_scale, method_weights=bundle.folder)
     if layout is not None and _unet_layout(unet) != layout:
         raise ValueError(f"{where}: {bundle.method} changes the UNet it attaches to, so it "
                          "cannot share a loaded base (its bundle needs trained_unet)")

@@ -142,8 +142,9 @@ def denoise(module: PoseDiffusionModule, batch: PoseBatch, latents: torch.Tensor
         hook = StepCallback(pipe, callback, list(scheduler.timesteps))
         hooks.append(hook)
     latent_scale = module.hparams.latent_scale
+    eta = module.sampling_settings.eta
     latents = sample_latents(eps_fn, module.sampler, text, negative, cond, latents, guidance,
-                             steps, module.hparams.eta, hooks, module.method.prepare, progress,
+                             steps, eta, hooks, module.method.prepare, progress,
                              decode=lambda z: module.vae.decode(z / latent_scale).sample,
                              generator=generator)
     if hook is not None:

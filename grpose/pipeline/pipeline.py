@@ -239,9 +239,9 @@ class PosePipeline(PretrainedMixin):
             num_images_per_prompt = num_images
         per_prompt = check_count("num_images_per_prompt", num_images_per_prompt)
         prompts = prompt_list(prompt)
-        negatives = negative_list(negative_prompt, prompts, self.module.hparams.negative_prompt)
-        hp = self.module.hparams
-        steps = check_count("num_inference_steps", hp.num_inference_steps
+        settings = self.module.sampling_settings
+        negatives = negative_list(negative_prompt, prompts, settings.negative_prompt)
+        steps = check_count("num_inference_steps", settings.num_inference_steps
                             if num_inference_steps is None else num_inference_steps)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -274,14 +274,15 @@ class PosePipeline(PretrainedMixin):
         guidance = self.module.guidance
         if guidance_scale is not None or source_scale is not None:
             guidance = self.sampler.guidance(guidance_scale, source_scale)
-        scale = hp.conditioning_scale if conditioning_scale is None else conditioning_scale
+        scale = settings.conditioning_scale if conditioning_scale is None else conditioning_scale
         latents = denoise(self.module, batch, latents, [n for n in negatives
                                                         for _ in range(per_prompt)],
                           guidance, steps, scale, callback_on_step_end, self,
                           not self.progress_bar_config.get("disable", False), generators)
         out = PosePipelineOutput(latents, people, to_pil(batch.pose_image[:1].float())[0], seeds)
         if output_type != "latent":
-            decoded = vae.decode(latents / hp.latent_scale).sample.clamp(-1, 1)  # (N, 3, H, W)
+            latent_scale = self.module.hparams.latent_scale
+            decoded = vae.decode(latents / latent_scale).sample.clamp(-1, 1)  # (N, 3, H, W)
             out.images = convert(decoded, output_type)
             if self.detector is not None:
                 found = self.detector(decoded.float())

@@ -115,9 +115,9 @@ class SamplerSettings:
 
 def sampler_settings(module: PoseDiffusionModule) -> SamplerSettings:
     """A model's sampling settings (steps, guidance, negative prompt, scales, seed)."""
-    hp, g = module.hparams, module.guidance
-    common = dict(num_inference_steps=hp.num_inference_steps, negative_prompt=hp.negative_prompt,
-                  conditioning_scale=hp.conditioning_scale, eta=hp.eta, seed=hp.seed)
+    s, g = module.sampling_settings, module.guidance
+    common = dict(num_inference_steps=s.num_inference_steps, negative_prompt=s.negative_prompt,
+                  conditioning_scale=s.conditioning_scale, eta=s.eta, seed=module.hparams.seed)
     if plain_cfg(g):
         return SamplerSettings(guidance_scale=g.scale, pose_scale=g.pose_scale,
                                pose_in_unconditional=g.pose_in_unconditional, **common)

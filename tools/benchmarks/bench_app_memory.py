@@ -30,7 +30,7 @@ CASES = ("one", "shared", "lru4", "apart")
 def write_demo_bundles(demo: str, out: str, seeds=(0, 1, 2)) -> str:
     """Every registered pose method (random init, 3 seeds) as a bundle on the demo's base."""
     from grpose.demo.bundles import TEXT_CFG, write_model_bundle
-    from grpose.diffusion import PoseDiffusionModule
+    from grpose.diffusion import PoseDiffusionModule, SamplingSettings
     from grpose.diffusion.components import (OpenCLIPTextEncoder, load_unet, load_vae,
                                              noise_scheduler, seeded)
     from grpose.methods import METHODS, method_from_config
@@ -44,7 +44,7 @@ def write_demo_bundles(demo: str, out: str, seeds=(0, 1, 2)) -> str:
             with seeded(seed):
                 method = method_from_config(f"configs/method/tiny/{name}.yaml")
             model = PoseDiffusionModule(load_unet(base, subfolder=None), vae, text, method,
-                                        noise_scheduler(), num_inference_steps=1)
+                                        noise_scheduler(), sampling=SamplingSettings(1))
             write_model_bundle(os.path.join(out, "bundles", f"{name}-s{seed}"), model, vae_dir,
                                base, RenderSettings("humansd", 0.35, 64, 64), None, 1.0,
                                trained_unet=name == "humansd")

@@ -23,7 +23,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, ROOT)
 
 from grpose.data import PoseDataModule, SyntheticPoseDataset, collate_pose_samples  # noqa: E402
-from grpose.diffusion import PoseDiffusionModule  # noqa: E402
+from grpose.diffusion import (PoseDiffusionModule, SamplingSettings,  # noqa: E402
+                              TrainingSettings)
 from grpose.diffusion.components import (OpenCLIPTextEncoder, noise_scheduler,  # noqa: E402
                                          tiny_unet, tiny_vae)
 from grpose.methods import method_from_config  # noqa: E402
@@ -56,13 +57,13 @@ def tensors(graph_only: bool = False) -> list:
     return [t for t in found if t.grad_fn is not None] if graph_only else found
 
 
-def tiny_module(root: str = ROOT, **kwargs) -> PoseDiffusionModule:
+def tiny_module(root: str = ROOT, num_inference_steps: int = 10) -> PoseDiffusionModule:
     torch.manual_seed(0)
     method = method_from_config(os.path.join(root, METHOD))
-    kwargs.setdefault("num_inference_steps", 10)
     return PoseDiffusionModule(tiny_unet(), tiny_vae(),
                                OpenCLIPTextEncoder(text_cfg=dict(width=32, heads=2, layers=2)),
-                               method, noise_scheduler(), lr=1e-4, **kwargs)
+                               method, noise_scheduler(), training=TrainingSettings(lr=1e-4),
+                               sampling=SamplingSettings(num_inference_steps))
 
 
 class Marks(L.Callback):
