@@ -4,7 +4,8 @@ Each use here has no public equivalent; `tests/test_compat.py` checks every one 
 the installed library, so an upgrade that changes them fails there, loudly, instead of silently
 changing what grpose does.
 
-- jsonargparse: the text of its nested `ArgumentError` messages (`argument_error_line`).
+- jsonargparse: the text of its nested `ArgumentError` messages (`argument_error_line`,
+  `unaccepted_option`).
 - numpy: the module that old pickles name for `_reconstruct` / `scalar` (`numpy_multiarray`):
   `numpy._core.multiarray` from numpy 2, `numpy.core.multiarray` before.
 - open_clip: its vision-tower builder from a config (`build_vision_tower`): open_clip builds a
@@ -61,6 +62,14 @@ def argument_error_line(message: str) -> str:
             field.append("init_args")
     where = ".".join(field) + (f" (class_path '{path[-1][1]}')" if path[-1][0] == "class" else "")
     return f"{where}: {problem}"
+
+
+def unaccepted_option(line: str) -> tuple[str, str] | None:
+    """(class path, option) of an `argument_error_line` saying that a class's `init_args` got an
+    option it does not take (`model (class_path 'x.Y'): Option 'lr' is not accepted`), else
+    None."""
+    found = re.search(r"\(class_path '([\w.]+)'\): Option '(\w+)' is not accepted", line)
+    return None if found is None else (found.group(1), found.group(2))
 
 
 def last_saved_step(callback) -> int:

@@ -11,7 +11,8 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from grpose.compat import argument_error_line, last_saved_step, save_last_checkpoint
+from grpose.compat import (argument_error_line, last_saved_step, save_last_checkpoint,
+                           unaccepted_option)
 
 
 class Inner:
@@ -50,6 +51,14 @@ def test_jsonargparse_class_path_error_text():
     message = argument_error(f"--outer.class_path={__name__}.Nope")
     assert argument_error_line(message) == (
         f"outer (class_path '{__name__}.Nope'): module '{__name__}' has no attribute 'Nope'")
+
+
+def test_jsonargparse_unaccepted_option_text():
+    message = argument_error(f"--outer.class_path={__name__}.Outer", "--outer.init_args.lr=1")
+    line = argument_error_line(message)
+    assert unaccepted_option(line) == (f"{__name__}.Outer", "lr"), \
+        f"jsonargparse's error text for an unknown init_args key changed: {line!r}"
+    assert unaccepted_option("outer.init_args.size: Expected a <class 'int'>") is None
 
 
 def test_an_error_without_keys_is_its_text_on_one_line():

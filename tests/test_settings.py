@@ -24,9 +24,6 @@ OLD_DEFAULTS = dict(lr=1e-5, weight_decay=1e-2, trainable=["method"], num_infere
                     timestep_sampling="uniform", on_nonfinite="raise", lr_warmup_steps=0,
                     lr_decay="constant", cache_frozen=False, pose_dropout=0.0,
                     source_dropout=0.0)
-PENDING = {  # the other engineer's files: their keys move when their change lands
-    "configs/method/transfer_reference_attention.yaml",
-    "configs/method/tiny/transfer_reference_attention.yaml"}
 
 
 def test_the_groups_defaults_are_the_old_defaults():
@@ -74,10 +71,7 @@ def _model_keys(path: str) -> dict:
     return model.get("init_args") or {}
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="flat keys until the other "
-                                            "engineer's change moves them")) if p in PENDING
-    else p for p in sorted(glob.glob("configs/**/*.yaml", recursive=True))])
+@pytest.mark.parametrize("path", sorted(glob.glob("configs/**/*.yaml", recursive=True)))
 def test_shipped_configs_give_settings_in_their_groups(path):
     args = _model_keys(path)
     assert not set(args) & set(MOVED), f"{path}: {sorted(set(args) & set(MOVED))} are flat"

@@ -248,10 +248,7 @@ def test_source_guidance_needs_a_source(tiny_parts, tiny_batch):
         m.generate(tiny_batch)
 
 
-@pytest.mark.parametrize("name", [  # reference_attention: flat settings until its change lands
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="flat pose_dropout / "
-                                            "source_dropout / gradient_checkpointing"))
-    if n == "reference_attention" else n for n in NAMES])
+@pytest.mark.parametrize("name", NAMES)
 def test_sd15_deepfashion_run_configs_compose(capsys, name):
     """trainer + SD 1.5 base + DeepFashion pairs + the transfer run + the method parse against
     the code (no weights loaded)."""

@@ -92,6 +92,21 @@ def module_options(name: str) -> dict:
             for k, v in method_spec(name).items() if k != "method"}
 
 
+def fit_and_save(cfg, stage: str, folder: str, module: PoseDiffusionModule, data,
+                 seed: int) -> dict:
+    """`module` trained `cfg.adapter_steps` steps on `data` (batch `cfg.batch_size`, order by
+    `seed`); its method's weights saved in `folder`, and the UNet's when it trains too (HumanSD,
+    `--train-unet`): the stage's info `{"weights": ..., ["unet": ...]}`."""
+    trainer(cfg, stage, cfg.adapter_steps).fit(module, PoseDataModule(
+        train=data, batch_size=cfg.batch_size, seed=seed))
+    info = {"weights": os.path.join(folder, "method.pt")}
+    torch.save(module.method.state_dict(), info["weights"])
+    if "unet" in module.trainable:
+        info["unet"] = os.path.join(folder, "unet.pt")
+        torch.save(module.unet.state_dict(), info["unet"])
+    return info
+
+
 def method_stage(cfg, inputs, name: str, seed: int) -> dict:
     """Method `name` trained on the frozen base with the shared budget; `seed` sets its
     initialisation, data order, noise and sampling seeds."""
@@ -106,14 +121,7 @@ def method_stage(cfg, inputs, name: str, seed: int) -> dict:
         options["training"].update(timesteps(cfg))  # the shared timesteps win when set
         module = diffusion(cfg, inputs, load_unet(inputs["base"]["unet_dir"], subfolder=None),
                            method, seed, **options)
-        trainer(cfg, stage, cfg.adapter_steps).fit(module, PoseDataModule(
-            train=train, batch_size=cfg.batch_size, seed=seed))
-        info = {"weights": os.path.join(d, "method.pt")}
-        torch.save(module.method.state_dict(), info["weights"])
-        if "unet" in module.trainable:  # HumanSD fine-tunes the UNet too
-            info["unet"] = os.path.join(d, "unet.pt")
-            torch.save(module.unet.state_dict(), info["unet"])
-        return info
+        return fit_and_save(cfg, stage, d, module, train, seed)
     settings = dict(steps=cfg.adapter_steps, lr=cfg.adapter_lr, **schedule(cfg),
                     **timesteps(cfg), seed=seed,
                     render_scale=cfg.render_scale, method=method_spec(name),

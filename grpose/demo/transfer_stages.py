@@ -11,12 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from grpose.data import PoseDataModule
 from grpose.data.pairs import PairSample, collate_pair_samples
 from grpose.data.synthetic_pairs import SyntheticPairs
 from grpose.demo.models import diffusion as pose_diffusion
-from grpose.demo.models import schedule, with_training
-from grpose.demo.stages import CONFIGS, build_object, model_spec, run_stage, trainer
+from grpose.demo.models import fit_and_save, schedule, with_training
+from grpose.demo.stages import CONFIGS, build_object, model_spec, run_stage
 from grpose.diffusion import PoseDiffusionModule
 from grpose.diffusion.components import load_unet
 from grpose.diffusion.guidance import InstructPix2PixGuidance
@@ -127,14 +126,7 @@ def transfer_stage(cfg, inputs, name: str, seed: int) -> dict:
             options["training"]["trainable"] = ["method", "unet"]
         module = diffusion(cfg, inputs, load_unet(inputs["base"]["unet_dir"], subfolder=None),
                            method, seed, **options)
-        trainer(cfg, stage, cfg.adapter_steps).fit(module, PoseDataModule(
-            train=train, batch_size=cfg.batch_size, seed=seed))
-        info = {"weights": os.path.join(d, "method.pt")}
-        torch.save(module.method.state_dict(), info["weights"])
-        if cfg.train_unet:
-            info["unet"] = os.path.join(d, "unet.pt")
-            torch.save(module.unet.state_dict(), info["unet"])
-        return info
+        return fit_and_save(cfg, stage, d, module, train, seed)
     return run_stage(cfg, stage, dict(steps=cfg.adapter_steps, lr=cfg.adapter_lr,
                                       **schedule(cfg), seed=seed, method=method_spec(name),
                                       train_unet=cfg.train_unet,

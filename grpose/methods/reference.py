@@ -151,8 +151,8 @@ def attend(model: nn.Module, references: dict[str, Reference] | None):
                                                            False):
         raise ValueError("reference attention cannot train with the UNet's gradient "
                          "checkpointing (its processors are gone when the backward pass "
-                         "recomputes the layers): set model.init_args.gradient_checkpointing: "
-                         "false")
+                         "recomputes the layers): set "
+                         "model.init_args.memory.gradient_checkpointing: false")
     previous = []
     try:
         for name, reference in (references or {}).items():
