@@ -6,7 +6,7 @@ import ast
 import pathlib
 
 ORDER = ["compat", "data", "pose", "graph", "methods", "diffusion", "metrics", "pipeline",
-         "callbacks", "demo", "app", "cli", "__main__"]
+         "callbacks", "demo", "app", "cli_config", "cli", "__main__"]
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "grpose"
 
 
