@@ -216,8 +216,7 @@ class ReferenceAttention(SourceUnaligned):
     def references(self, cond: PoseCondition) -> dict[str, Reference]:
         features, _ = self.encode_source(cond)
         scale = cond.source_active.float()  # (B,)
-        terms = {}
-        refs = {}
+        terms, refs = {}, {}  # the part terms per level; the references per layer
         for k, ((name, level), proj, out) in enumerate(zip(self.layers, self.tokens,
                                                             self.projections)):
             tokens = proj(features[level].flatten(2).transpose(1, 2))  # (B, h_l w_l, C)
