@@ -45,7 +45,7 @@ demo: install  ## the main job offline: train and evaluate GRPose, ControlNet, n
 compare: install  ## every method (+ GRPose with RePoseDM) on the same base and budget, 3 seeds, mean +- std (CPU)
 	$(VENV)/bin/grpose-demo compare $(ARGS)
 
-compare-transfer: install  ## pose transfer: every transfer method (+ RePoseDM guidance) on synthetic pairs, 3 seeds, mean +- std (CPU, ~40 min after make demo)
+compare-transfer: install  ## pose transfer: every transfer method (+ RePoseDM guidance) on synthetic pairs, 3 seeds, mean +- std (CPU, ~25 min after make demo)
 	$(VENV)/bin/grpose-demo compare-transfer $(ARGS)
 
 compare-pose: install  ## RMPG's claim: top-down baseline / + RMPG / + supervised RMPG, bottom-up with / without, 3 seeds (CPU, ~30 min on one core)
